@@ -1,0 +1,37 @@
+"""What a raymc checkpoint folder holds, and reading it back safely (weights_only=True).
+
+Every epoch's checkpoint carries the full training state (to resume), the best weights so far
+with their evaluation (so the newest checkpoint alone is enough to publish a run), and the
+history of every epoch (so a restarted run keeps each epoch exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+BEST_MODEL_FILE = "best_model.pt"
+HISTORY_FILE = "history.json"
+
+
+def save(folder: str | Path, *, state: dict[str, Any], best_model: dict[str, Any], history: list[dict]) -> None:
+    folder = Path(folder)
+    torch.save(state, folder / STATE_FILE)
+    torch.save(best_model, folder / BEST_MODEL_FILE)
+    (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_best_model(folder: str | Path) -> dict[str, Any]:
+    return torch.load(Path(folder) / BEST_MODEL_FILE, map_location="cpu", weights_only=True)
+
+
+def load_history(folder: str | Path) -> list[dict]:
+    return json.loads((Path(folder) / HISTORY_FILE).read_text())

@@ -1,0 +1,302 @@
+"""Every training setting in one dataclass, filled from defaults, YAML and CLI flags alike.
+
+The command line is generated from the fields, so a setting has one name, one type, one default and
+one help text. Each field answers to `--dash-name` and `--underscore_name`; booleans that default
+to True are turned off with `--no-...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raymc.errors import ConfigError
+
+MODEL_CHOICES = (
+    "mc_resnet18",
+    "mc_resnet34",
+    "mc_resnet50",
+    "mc_resnet101",
+    "mc_resnet152",
+    "sd_resnet50",
+    "sd_resnet101",
+    "sd_resnet152",
+)
+
+
+def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None) -> Any:
+    """A dataclass field carrying its CLI help, group, choices and optional extra flag name."""
+    meta = {"help": help, "group": group, "choices": choices, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """What a training run needs; `python -m raymc.train --help` lists the same fields."""
+
+    # data
+    data: str | None = setting(
+        None,
+        "NYU Depth V2 .mat file or prepared Parquet folder (local path or URI such as s3://...); "
+        "default: the demo NYU set, made once and cached",
+        group="data",
+    )
+    protocol: str = setting("nyu10", "NYU scene protocol", group="data", choices=("nyu10", "nyu27"))
+    splits: str | None = setting(
+        None, "NYU splits.mat (1-based trainNdxs/testNdxs); default: a seeded split grouped by room", group="data"
+    )
+    image_size: int = setting(224, "side of the square crops fed to the model", group="data")
+    val_resize: int | None = setting(
+        None, "validation: resize the shorter side to this, then centre-crop --image-size "
+        "(default: image size / 0.875, i.e. 256 for 224)", group="data"
+    )
+    crop_scale: float = setting(0.08, "smallest area fraction a random resized crop may keep", group="data")
+
+    # model
+    model: str = setting("mc_resnet18", "model name", group="model", choices=MODEL_CHOICES)
+    fusion: str = setting("concat", "MCResNet stream fusion", group="model", choices=("concat", "weighted", "gated"))
+    dropout: float = setting(0.0, "dropout before the classifier head", group="model")
+
+    # optimisation
+    epochs: int = setting(90, "number of epochs", group="optimisation")
+    batch: int = setting(256, "global batch size per step, split evenly across workers", group="optimisation")
+    lr: float | None = setting(
+        None, "base learning rate (default: 0.1 x effective batch / 256 for SGD, 1e-3 x it for AdamW)",
+        group="optimisation",
+    )
+    optimizer: str = setting("sgd", "optimizer", group="optimisation", choices=("sgd", "adamw"))
+    momentum: float = setting(0.9, "SGD momentum", group="optimisation")
+    nesterov: bool = setting(False, "use Nesterov momentum", group="optimisation")
+    weight_decay: float = setting(1e-4, "weight decay", group="optimisation")
+    norm_bias_weight_decay: bool = setting(
+        True, "apply weight decay to normalisation weights and biases too", group="optimisation"
+    )
+    warmup_epochs: float = setting(5.0, "linear warmup length in epochs (then cosine decay)", group="optimisation")
+    min_lr: float = setting(1e-6, "learning rate at the end of the cosine decay", group="optimisation")
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss", group="optimisation")
+    mixup: float = setting(0.0, "mixup alpha on the device batch (0 turns mixup off)", group="optimisation")
+    grad_clip_norm: float | None = setting(None, "clip the global gradient norm to this value", group="optimisation")
+    grad_accum_steps: int = setting(
+        1, "accumulate gradients over this many steps (effective batch = batch x steps)", group="optimisation"
+    )
+    stream1_lr: float | None = setting(None, "MCResNet: learning rate of the RGB trunk", group="optimisation")
+    stream2_lr: float | None = setting(None, "MCResNet: learning rate of the depth trunk", group="optimisation")
+    mixed_precision: bool = setting(
+        True, "automatic mixed precision on GPUs (bf16 where supported; CPU runs in fp32)", group="optimisation"
+    )
+    amp_dtype: str = setting(
+        "auto", "mixed-precision type: auto (bf16 if the GPU has it), bf16, or fp16 (with GradScaler)",
+        group="optimisation", choices=("auto", "bf16", "fp16"),
+    )
+
+    # early stopping
+    patience: int | None = setting(
+        None, "stop after this many epochs without improvement of --monitor (default: off)", group="early stopping"
+    )
+    monitor: str = setting(
+        "val_acc", "metric that decides the best epoch and early stopping", group="early stopping",
+        choices=("val_acc", "val_mean_class_acc", "val_acc5", "val_loss"),
+    )
+    min_delta: float = setting(0.0, "smallest change of --monitor that counts as improvement", group="early stopping")
+
+    # resources
+    num_workers: int = setting(2, "Ray Train workers (one per GPU on a GPU cluster)", group="resources")
+    gpus_per_worker: float | None = setting(
+        None, "GPUs per worker (default: 1 if the cluster has GPUs, else 0)", group="resources"
+    )
+    cpus_per_worker: float | None = setting(
+        None, "CPUs per worker (default: half the cluster's CPUs shared by the workers, the rest "
+        "left to Ray Data preprocessing)", group="resources",
+    )
+
+    # run
+    seed: int = setting(42, "random seed (weights, augmentation, data order, split)", group="run")
+    out: str = setting("./runs", "storage path: runs are written to OUT/NAME (local path or s3://...)", group="run")
+    name: str | None = setting(
+        None, "run name; running again with the same name resumes from its last checkpoint "
+        "(default: model, data and a hash of the settings)", group="run",
+    )
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step: what the learning-rate scaling rule is about."""
+        return self.batch * self.grad_accum_steps
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        reference = 0.1 if self.optimizer == "sgd" else 1e-3
+        return reference * self.effective_batch / 256
+
+    def run_name(self) -> str:
+        """The --name, or a stable name derived from the settings so a rerun resumes."""
+        if self.name:
+            return self.name
+        data = Path(self.data.rstrip("/")).stem if self.data else "nyu_demo"
+        return f"{self.model}-{data}-{self.fingerprint()[:8]}"
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change what is trained (not where it is written)."""
+        relevant = {k: v for k, v in dataclasses.asdict(self).items() if k not in PLACEMENT_SETTINGS}
+        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Settings that say where and on what a run executes, not what it learns: a run may resume with
+# other values of these.
+PLACEMENT_SETTINGS = ("out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker")
+
+# Settings the demo run uses unless the user sets them: small images, few epochs, fast on 2 CPUs.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "image_size": 64,
+    "epochs": 8,
+    "batch": 32,
+    "lr": 0.05,
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.0,
+    "crop_scale": 0.35,
+}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    """The concrete type of a field, with `X | None` reduced to X."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def flag_names(name: str) -> list[str]:
+    """Both spellings of a field's flag, dash first."""
+    dashed = "--" + name.replace("_", "-")
+    return [dashed] if "_" not in name else [dashed, "--" + name]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainConfig field, grouped as in --help. Unset flags stay absent."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kind = _field_type(f)
+        if kind is bool:
+            if f.default:
+                names = flag_names("no_" + f.name)
+                group.add_argument(*names, dest=f.name, action="store_false", help=meta["help"])
+            else:
+                group.add_argument(*flag_names(f.name), dest=f.name, action="store_true", help=meta["help"])
+            continue
+        default_text = "" if f.default is None or "default:" in meta["help"] else f" (default: {f.default})"
+        group.add_argument(
+            *flag_names(f.name),
+            dest=f.name,
+            type=kind,
+            choices=meta["choices"],
+            metavar=None if meta["choices"] else f.name.upper(),
+            help=meta["help"] + default_text,
+        )
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a YAML value to the field's type, naming the key and file when it cannot be."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    if value is None:
+        return None
+    kind = _field_type(f)
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: key '{name}' must be {kind.__name__}, got {value!r}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file of TrainConfig keys (dash or underscore spelling)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc.__class__.__name__}): fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of setting: value at the top level")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ConfigError(
+                f"--config {path}: unknown key '{key}'; valid keys are the flags of "
+                f"`python -m raymc.train --help` (e.g. {', '.join(sorted(known)[:6])}, ...)"
+            )
+        values[name] = _coerce(name, value, str(path))
+    return values
+
+
+def build_config(
+    cli_values: dict[str, Any], *, yaml_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Merge defaults < demo defaults (when no --data) < YAML < CLI flags < overrides, then validate."""
+    values: dict[str, Any] = {}
+    file_values = load_yaml(yaml_path) if yaml_path else {}
+    given = {**file_values, **cli_values, **(overrides or {})}
+    if given.get("data") is None:
+        values.update(DEMO_DEFAULTS)
+    values.update(given)
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject settings that cannot work, naming the flag and the fix."""
+    positive = ("epochs", "batch", "num_workers", "grad_accum_steps", "image_size")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{flag_names(name)[0]} must be at least 1, got {getattr(config, name)}")
+    for name in ("lr", "stream1_lr", "stream2_lr", "grad_clip_norm", "cpus_per_worker"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag_names(name)[0]} must be positive, got {value}")
+    for name in ("weight_decay", "warmup_epochs", "min_lr", "dropout", "min_delta", "mixup"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{flag_names(name)[0]} must not be negative, got {getattr(config, name)}")
+    if not 0 <= config.label_smoothing < 1:
+        raise ConfigError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0 < config.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {config.crop_scale}")
+    if not 0 <= config.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if config.patience is not None and config.patience < 1:
+        raise ConfigError(f"--patience must be at least 1 (leave it out to turn early stopping off), got {config.patience}")
+    if config.gpus_per_worker is not None and config.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must not be negative, got {config.gpus_per_worker}")
+    if config.batch % config.num_workers:
+        raise ConfigError(
+            f"--batch {config.batch} does not split evenly across --num-workers {config.num_workers}: "
+            f"use a multiple of {config.num_workers}"
+        )
+    if config.val_resize is not None and config.val_resize < config.image_size:
+        raise ConfigError(f"--val-resize {config.val_resize} must be at least --image-size {config.image_size}")
+    if not config.model.startswith("mc_") and (config.stream1_lr or config.stream2_lr):
+        raise ConfigError(f"--stream1-lr/--stream2-lr apply to two-stream mc_resnet models, not {config.model}")

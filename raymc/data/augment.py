@@ -1,0 +1,100 @@
+"""Per-sample transforms run in Ray Data (CPU), and mixup run on the training device.
+
+RGB and depth get one geometric transform call on `tv_tensors`, so both see the same crop and
+flip; depth travels as a `Mask`, which torchvision resizes with nearest-neighbour interpolation,
+keeping metric values and 0 = missing intact. Photometric jitter touches RGB only.
+Every sample's randomness comes from a generator seeded by (seed, epoch, sample index): crops
+differ every epoch, repeat for a given seed, and do not depend on how Ray Data batches rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+# Brightness +-40%, contrast and saturation x0.8-1.2: the seed script's jitter.
+COLOR_JITTER = {"brightness": 0.4, "contrast": 0.2, "saturation": 0.2}
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed unique to one sample in one epoch of one run."""
+    mixed = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return int(mixed[0]) << 31 | int(mixed[1]) >> 1
+
+
+def train_transforms(image_size: int, crop_scale: float) -> tuple[v2.Transform, v2.Transform]:
+    """(geometric, photometric): the first for every stream at once, the second for RGB only."""
+    geometric = v2.Compose(
+        [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    )
+    return geometric, v2.ColorJitter(**COLOR_JITTER)
+
+
+def eval_transform(image_size: int, resize: int | None) -> v2.Transform:
+    """Resize the shorter side, then centre-crop: the standard validation view."""
+    return v2.Compose([v2.Resize(resize or round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)])
+
+
+def _as_tv_tensors(rgb: np.ndarray, depth: np.ndarray | None) -> tuple:
+    image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
+    if depth is None:
+        return (image,)
+    return image, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(depth))[None])
+
+
+def _stack(samples: list[tuple], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {"rgb": np.stack([s[0].numpy() for s in samples]), "label": batch["label"].astype(np.int64)}
+    if len(samples[0]) > 1:
+        out["depth"] = np.stack([s[1].numpy() for s in samples]).astype(np.float32)
+    return out
+
+
+def augment_batch(
+    batch: dict[str, np.ndarray], *, seed: int, epoch: int, image_size: int, crop_scale: float
+) -> dict[str, np.ndarray]:
+    """Training view of a batch of rows {rgb (N,H,W,3) uint8, [depth (N,H,W) float32], label, index}.
+
+    Returns rgb (N,3,S,S) uint8, depth (N,1,S,S) float32 metres when present, label int64.
+    """
+    geometric, photometric = train_transforms(image_size, crop_scale)
+    depths = batch.get("depth")
+    samples = []
+    for i, index in enumerate(batch["index"]):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(seed, epoch, int(index)))
+            views = geometric(*_as_tv_tensors(batch["rgb"][i], None if depths is None else depths[i]))
+            views = views if isinstance(views, tuple) else (views,)
+            samples.append((photometric(views[0]), *views[1:]))
+    return _stack(samples, batch)
+
+
+def eval_batch(batch: dict[str, np.ndarray], *, image_size: int, resize: int | None) -> dict[str, np.ndarray]:
+    """Validation view of a batch: same layout as `augment_batch`, no randomness."""
+    transform = eval_transform(image_size, resize)
+    depths = batch.get("depth")
+    samples = []
+    for i in range(len(batch["label"])):
+        views = transform(*_as_tv_tensors(batch["rgb"][i], None if depths is None else depths[i]))
+        samples.append(views if isinstance(views, tuple) else (views,))
+    return _stack(samples, batch)
+
+
+def mixup(
+    inputs: Sequence[torch.Tensor], targets: torch.Tensor, *, alpha: float, num_classes: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Mix every input stream with one shared lambda and permutation; returns soft targets.
+
+    Soft targets go straight into `CrossEntropyLoss(label_smoothing=...)`, which smooths them
+    once, so the mixed and smoothed target of each sample still sums to 1.
+    """
+    one_hot = torch.nn.functional.one_hot(targets, num_classes).to(inputs[0].dtype)
+    if alpha <= 0:
+        return list(inputs), one_hot
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(targets.shape[0], device=targets.device)
+    mixed = [lam * x + (1 - lam) * x[perm] for x in inputs]
+    return mixed, lam * one_hot + (1 - lam) * one_hot[perm]

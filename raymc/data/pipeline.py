@@ -1,0 +1,158 @@
+"""Ray Data datasets for training: read prepared Parquet, preprocess on CPUs, normalize on device.
+
+Ray Data does the CPU work (decode, crop, flip, jitter) and ships uint8 RGB and float32 metric
+depth to the workers; normalization happens on the worker's device, where it is nearly free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs
+import ray
+import torch
+from ray.data import FileShuffleConfig
+from ray.data.expressions import col
+
+from raymc.config import TrainConfig
+from raymc.data.augment import augment_batch, eval_batch
+from raymc.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_SPLIT, VAL_SPLIT = "train", "test"
+# Rows per preprocessing call: small enough that batches stream to the workers while a block is
+# still being processed, large enough to amortize the per-call overhead.
+PREPROCESS_BATCH = 32
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How one model input is normalized: (x / scale - mean) / std, per channel."""
+
+    column: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 1.0
+    missing_is_zero: bool = False  # depth: 0 means "no reading" and stays 0 after normalization
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the training loop needs to know about a prepared data set."""
+
+    classes: tuple[str, ...]
+    streams: tuple[StreamSpec, ...]
+    num_train: int
+    num_val: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """Tells Ray Data tasks the current epoch, so augmentation is seeded by (seed, epoch, index)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def read_dataset_info(folder: str) -> dict[str, Any]:
+    """dataset_info.json of a prepared folder, local or remote (s3://, gs://, ...)."""
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(_as_uri(folder))
+    info_path = f"{path.rstrip('/')}/dataset_info.json"
+    try:
+        with filesystem.open_input_stream(info_path) as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        raise DataError(
+            f"{folder}: no dataset_info.json; pass a folder written by `python -m raymc.prepare` "
+            f"or an NYU .mat file"
+        ) from None
+
+
+def _as_uri(folder: str) -> str:
+    return folder if "://" in folder else str(Path(folder).expanduser().resolve())
+
+
+def data_spec(info: dict[str, Any]) -> DataSpec:
+    """The streams and class list a prepared folder provides."""
+    try:
+        counts = info["counts"]
+        streams = [StreamSpec("rgb", IMAGENET_MEAN, IMAGENET_STD, scale=255.0)]
+        if info.get("dataset") == "nyu":
+            streams.append(StreamSpec("depth", (info["depth_mean"],), (info["depth_std"],), missing_is_zero=True))
+        return DataSpec(
+            classes=tuple(info["classes"]),
+            streams=tuple(streams),
+            num_train=sum(counts.get(TRAIN_SPLIT, {}).values()),
+            num_val=sum(counts.get(VAL_SPLIT, {}).values()),
+        )
+    except KeyError as exc:
+        raise DataError(f"dataset_info.json lacks key {exc}; prepare the data again with raymc.prepare") from None
+
+
+def _train_view(batch: dict[str, np.ndarray], *, clock, seed: int, image_size: int, crop_scale: float):
+    epoch = ray.get(clock.get.remote())
+    return augment_batch(batch, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
+
+
+def build_datasets(
+    folder: str, spec: DataSpec, config: TrainConfig, clock: ray.actor.ActorHandle
+) -> dict[str, ray.data.Dataset]:
+    """{"train": augmented training rows, "val": centre-cropped test rows} from a prepared folder."""
+    columns = ["label", "index", "split", *(s.column for s in spec.streams)]
+    source = ray.data.read_parquet(_as_uri(folder), shuffle=FileShuffleConfig(seed=config.seed))
+    train = source.select_columns(columns).filter(expr=col("split") == TRAIN_SPLIT).map_batches(
+        _train_view,
+        fn_kwargs={
+            "clock": clock,
+            "seed": config.seed,
+            "image_size": config.image_size,
+            "crop_scale": config.crop_scale,
+        },
+        batch_format="numpy",
+        batch_size=PREPROCESS_BATCH,
+    )
+    val = (
+        ray.data.read_parquet(_as_uri(folder))
+        .select_columns(columns)
+        .filter(expr=col("split") == VAL_SPLIT)
+        .map_batches(
+            eval_batch,
+            fn_kwargs={"image_size": config.image_size, "resize": config.val_resize},
+            batch_format="numpy",
+            batch_size=PREPROCESS_BATCH,
+        )
+    )
+    return {"train": train, "val": val}
+
+
+def to_model_inputs(
+    batch: dict[str, torch.Tensor], spec: DataSpec, device: torch.device, *, channels_last: bool = False
+) -> list[torch.Tensor]:
+    """Move a batch's streams to the device and normalize them there, in the model's input order."""
+    inputs = []
+    for stream in spec.streams:
+        raw = batch[stream.column].to(device, non_blocking=True).float()
+        mean = torch.tensor(stream.mean, device=device).view(1, -1, 1, 1) * stream.scale
+        std = torch.tensor(stream.std, device=device).view(1, -1, 1, 1) * stream.scale
+        x = (raw - mean) / std
+        if stream.missing_is_zero:
+            x = torch.where(raw > 0, x, torch.zeros_like(x))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        inputs.append(x)
+    return inputs

@@ -1,0 +1,266 @@
+"""`python -m raymc.train`: config -> datasets -> TorchTrainer.fit() -> run folder.
+
+With no arguments it trains mc_resnet18 on the demo NYU set on a local Ray. Under
+`ray job submit` (RAY_ADDRESS set) it runs on that cluster instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raymc import checkpoint
+from raymc.cluster import init_ray
+from raymc.config import PLACEMENT_SETTINGS, TrainConfig, add_config_arguments, build_config
+from raymc.data.pipeline import DataSpec, EpochClock, build_datasets, data_spec, read_dataset_info
+from raymc.data.sources import resolve_data
+from raymc.errors import ConfigError, RaymcError
+from raymc.loop import steps_per_epoch, train_loop_per_worker
+from raymc.outputs import write_run_outputs
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TrainingResult:
+    """Where a run's files are and what it achieved."""
+
+    run_dir: str
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+class ExactValidationDataConfig(DataConfig):
+    """Split training rows equally (every rank takes the same number of steps, as DDP needs) and
+    validation rows without dropping any, so validation metrics count every sample exactly once."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        # Ray Train calls this once per dataset, with a one-entry dict.
+        others = {name: ds for name, ds in datasets.items() if name != "val"}
+        output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
+        if "val" in datasets:
+            val = datasets["val"].copy(datasets["val"])
+            val.context.execution_options = self._resolve_execution_options("val")
+            for i, split in enumerate(val.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
+                output[i]["val"] = split
+        return output
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    num_workers: int
+    cpus: float
+    gpus: float
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, math.floor(self.cpus))
+
+
+def worker_resources(config: TrainConfig) -> WorkerResources:
+    """One worker per requested slot; by default half the CPUs stay with Ray Data preprocessing."""
+    cluster = ray.cluster_resources()
+    gpus = config.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+    cpus = config.cpus_per_worker
+    if cpus is None:
+        share = cluster.get("CPU", 1) / 2 / config.num_workers
+        cpus = math.floor(share) if share >= 1 else share
+    return WorkerResources(config.num_workers, cpus, gpus)
+
+
+def _storage_path(out: str) -> str:
+    return out if "://" in out else str(Path(out).expanduser().resolve())
+
+
+def _run_filesystem(storage: str, name: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
+    return filesystem, f"{root.rstrip('/')}/{name}"
+
+
+def check_resumable(config: TrainConfig, storage: str, name: str) -> None:
+    """Refuse to resume a run folder that was trained with different settings; else record them."""
+    filesystem, run_path = _run_filesystem(storage, name)
+    config_path = f"{run_path}/{CONFIG_FILE}"
+    if filesystem.get_file_info(config_path).type == pyarrow.fs.FileType.File:
+        with filesystem.open_input_stream(config_path) as stream:
+            previous = json.loads(stream.read())
+        if previous.get("fingerprint") != config.fingerprint():
+            changed = sorted(
+                key for key, value in config.to_dict().items()
+                if key in previous.get("config", {}) and previous["config"][key] != value
+                and key not in PLACEMENT_SETTINGS
+            )
+            raise ConfigError(
+                f"run folder {storage}/{name} was trained with other settings ({', '.join(changed) or 'unknown'}); "
+                f"rerun with the original settings to resume it, or pass a new --name"
+            )
+        return
+    filesystem.create_dir(run_path, recursive=True)
+    with filesystem.open_output_stream(config_path) as stream:
+        stream.write(json.dumps({"fingerprint": config.fingerprint(), "config": config.to_dict()}, indent=1).encode())
+
+
+def default_run_config(name: str, storage: str, **kwargs: Any) -> RunConfig:
+    """Ray Train run settings: newest checkpoint kept (it carries the best weights), quiet logs."""
+    return RunConfig(
+        name=name,
+        storage_path=storage,
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        failure_config=FailureConfig(max_failures=0),
+        logging_config=LoggingConfig(log_level="WARNING"),
+        **kwargs,
+    )
+
+
+def make_trainer(
+    config: TrainConfig, *, folder: str, spec: DataSpec, resources: WorkerResources, run_config: RunConfig
+) -> TorchTrainer:
+    """The TorchTrainer for one run; raymc.tune builds one per trial with its own RunConfig."""
+    clock = EpochClock.remote()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch lines say enough
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "spec": spec, "clock": clock, "threads": resources.torch_threads},
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.gpus > 0,
+            resources_per_worker={"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})},
+        ),
+        run_config=run_config,
+        datasets=build_datasets(folder, spec, config, clock),
+        dataset_config=ExactValidationDataConfig(),
+    )
+
+
+def _check_batch_fits(config: TrainConfig, spec: DataSpec) -> None:
+    if steps_per_epoch(spec.num_train, config.num_workers, config) < 1:
+        raise ConfigError(
+            f"--batch {config.batch} is larger than the {spec.num_train} training rows split across "
+            f"{config.num_workers} workers; use a smaller --batch"
+        )
+
+
+def _summary(config: TrainConfig, spec: DataSpec, best: dict[str, Any], history: list[dict], elapsed: float) -> dict:
+    last = history[-1]
+    return {
+        "model": config.model,
+        "data": config.data or "demo-nyu",
+        "classes": list(spec.classes),
+        "num_train": spec.num_train,
+        "num_val": spec.num_val,
+        "epochs_run": len(history),
+        "epochs": config.epochs,
+        "stopped_early": len(history) < config.epochs,
+        "monitor": config.monitor,
+        "best_epoch": best["epoch"],
+        f"best_{config.monitor}": best["metrics"][config.monitor],
+        "best_metrics": best["metrics"],
+        "final_metrics": last,
+        "pathways": best.get("pathways"),
+        "num_params": best["num_params"],
+        "train_time_s": sum(row["epoch_time_s"] for row in history),
+        "wall_time_s": elapsed,
+    }
+
+
+def publish(config: TrainConfig, spec: DataSpec, result: ray.train.Result, storage: str, name: str, elapsed: float) -> TrainingResult:
+    """Write the run folder's files from the newest checkpoint (it carries history and best weights)."""
+    if result.checkpoint is None:
+        raise RaymcError(f"run {name} reported no checkpoint; nothing to publish (see the log above)")
+    with result.checkpoint.as_directory() as folder:
+        best = checkpoint.load_best_model(folder)
+        history = checkpoint.load_history(folder)
+    summary = _summary(config, spec, best, history, elapsed)
+    filesystem, run_path = _run_filesystem(storage, name)
+    with tempfile.TemporaryDirectory() as staging:
+        torch.save(best, Path(staging) / checkpoint.BEST_MODEL_FILE)
+        write_run_outputs(
+            staging, history=history, summary=summary, classes=list(spec.classes),
+            confusion=best.get("confusion"), pathways=best.get("pathways"),
+        )
+        pyarrow.fs.copy_files(staging, run_path, destination_filesystem=filesystem)
+    run_dir = run_path if "://" not in storage else f"{storage.rstrip('/')}/{name}"
+    return TrainingResult(run_dir=run_dir, summary=summary, history=history)
+
+
+def run_training(config: TrainConfig) -> TrainingResult:
+    """Everything `python -m raymc.train` does after parsing flags; also the Python API's core."""
+    started = time.perf_counter()
+    init_ray()
+    folder = resolve_data(config)
+    spec = data_spec(read_dataset_info(folder))
+    _check_batch_fits(config, spec)
+    storage, name = _storage_path(config.out), config.run_name()
+    check_resumable(config, storage, name)
+    resources = worker_resources(config)
+    logger.info("run %s/%s on %d workers (%s CPU, %s GPU each)", storage, name, resources.num_workers, resources.cpus, resources.gpus)
+    trainer = make_trainer(config, folder=folder, spec=spec, resources=resources, run_config=default_run_config(name, storage))
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise RaymcError(f"training run {name} failed: {exc}; its checkpoints in {storage}/{name} stay usable") from exc
+    return publish(config, spec, result, storage, name, time.perf_counter() - started)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m raymc.train",
+        description="Train an RGB-D MCResNet or a stochastic-depth ResNet with Ray Train. "
+        "With no arguments: mc_resnet18 on the demo NYU Depth V2 set on a local Ray.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML file of settings (same names as the flags; flags win)")
+    add_config_arguments(parser)
+    return parser
+
+
+def _print_summary(result: TrainingResult) -> None:
+    s = result.summary
+    print(f"\nrun folder: {result.run_dir}")
+    print(f"epochs run: {s['epochs_run']}/{s['epochs']}" + ("  (stopped early)" if s["stopped_early"] else ""))
+    print(f"best epoch: {s['best_epoch']}  {s['monitor']} {s['best_metrics'][s['monitor']]:.4f}")
+    best = s["best_metrics"]
+    print(f"best val_acc {best['val_acc']:.4f}  val_mean_class_acc {best['val_mean_class_acc']:.4f}")
+    if s.get("pathways"):
+        print("pathways: " + "  ".join(f"{k} {v:.4f}" for k, v in s["pathways"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(get_args_parser().parse_args(argv))
+    yaml_path = args.pop("config", None)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = build_config(args, yaml_path=yaml_path)
+        result = run_training(config)
+    except RaymcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_summary(result)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

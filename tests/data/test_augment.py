@@ -1,0 +1,100 @@
+"""Paired augmentation: RGB and depth share geometry; per-sample seeds make epochs differ and repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchvision import tv_tensors
+
+from raymc.data.augment import augment_batch, eval_batch, mixup, train_transforms
+
+
+def ramp_batch(n: int = 4, h: int = 48, w: int = 64) -> dict[str, np.ndarray]:
+    """RGB whose red channel encodes the column and depth that encodes the same column."""
+    cols = np.tile(np.arange(w, dtype=np.float32), (h, 1))
+    rows = np.tile(np.arange(h, dtype=np.float32)[:, None], (1, w))
+    rgb = np.stack([cols * 4, rows * 4, np.full_like(cols, 128)], axis=-1).astype(np.uint8)
+    depth = (cols + 1) / 10
+    return {
+        "rgb": np.stack([rgb] * n),
+        "depth": np.stack([depth] * n).astype(np.float32),
+        "label": np.arange(n),
+        "index": np.arange(100, 100 + n),
+    }
+
+
+def test_shapes_and_dtypes():
+    out = augment_batch(ramp_batch(), seed=0, epoch=1, image_size=32, crop_scale=0.3)
+    assert out["rgb"].shape == (4, 3, 32, 32) and out["rgb"].dtype == np.uint8
+    assert out["depth"].shape == (4, 1, 32, 32) and out["depth"].dtype == np.float32
+    assert out["label"].dtype == np.int64
+
+
+def test_rgb_and_depth_get_the_same_crop_and_flip():
+    """Both streams encode the source column; after the shared geometric transform they agree."""
+    batch = ramp_batch(1)
+    geometric, _ = train_transforms(24, 0.2)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        image = tv_tensors.Image(torch.from_numpy(batch["rgb"][0]).permute(2, 0, 1))
+        depth = tv_tensors.Mask(torch.from_numpy(batch["depth"][0])[None])
+        image, depth = geometric(image, depth)
+        rgb_column = image[0].float().mean(0) / 4  # red = 4 x source column (bilinear)
+        depth_column = depth[0].mean(0) * 10 - 1  # depth = (source column + 1) / 10 (nearest)
+        assert torch.allclose(rgb_column, depth_column, atol=2.0), seed
+
+
+def test_depth_keeps_metric_values_and_missing_zeros():
+    batch = ramp_batch(2)
+    batch["depth"][:, :, :10] = 0.0
+    out = augment_batch(batch, seed=0, epoch=1, image_size=32, crop_scale=1.0)
+    allowed = set(np.round(np.unique(batch["depth"]), 5))
+    assert set(np.round(np.unique(out["depth"]), 5)) <= allowed  # nearest neighbour: no blended depths
+
+
+def test_same_seed_and_epoch_repeat_other_epochs_differ():
+    a = augment_batch(ramp_batch(), seed=7, epoch=2, image_size=32, crop_scale=0.2)
+    b = augment_batch(ramp_batch(), seed=7, epoch=2, image_size=32, crop_scale=0.2)
+    c = augment_batch(ramp_batch(), seed=7, epoch=3, image_size=32, crop_scale=0.2)
+    assert np.array_equal(a["rgb"], b["rgb"]) and np.array_equal(a["depth"], b["depth"])
+    assert not np.array_equal(a["rgb"], c["rgb"])
+
+
+def test_a_sample_does_not_depend_on_its_batch_mates():
+    whole = augment_batch(ramp_batch(4), seed=1, epoch=1, image_size=32, crop_scale=0.2)
+    part = {k: v[2:] for k, v in ramp_batch(4).items()}
+    alone = augment_batch(part, seed=1, epoch=1, image_size=32, crop_scale=0.2)
+    assert np.array_equal(whole["rgb"][2:], alone["rgb"])
+
+
+def test_augmentation_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    augment_batch(ramp_batch(), seed=1, epoch=1, image_size=32, crop_scale=0.2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_eval_view_is_a_deterministic_centre_crop():
+    batch = ramp_batch(2, h=48, w=64)
+    out = eval_batch(batch, image_size=32, resize=40)
+    again = eval_batch(batch, image_size=32, resize=40)
+    assert out["rgb"].shape == (2, 3, 32, 32) and np.array_equal(out["rgb"], again["rgb"])
+    # resize 48x64 -> 40x53, centre crop 32: the crop is centred, so the depth ramp is symmetric around the middle
+    row = out["depth"][0, 0, 16]
+    assert row[0] > 0 and row[-1] < batch["depth"][0].max()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_mixup_targets_sum_to_one_and_streams_share_lambda(alpha):
+    torch.manual_seed(0)
+    x1 = torch.arange(8, dtype=torch.float32).view(4, 2)
+    x2 = 10 * x1
+    labels = torch.tensor([0, 1, 2, 1])
+    (m1, m2), targets = mixup([x1, x2], labels, alpha=alpha, num_classes=3)
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+    assert torch.allclose(m2, 10 * m1)  # same lambda and permutation in both streams
+    smoothed_loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    assert torch.isfinite(smoothed_loss(torch.zeros(4, 3), targets))

@@ -1,0 +1,111 @@
+"""Flags, YAML and defaults fill one TrainConfig; bad values name the flag or key."""
+
+from __future__ import annotations
+
+import pytest
+
+from raymc.config import DEMO_DEFAULTS, TrainConfig, build_config
+from raymc.errors import ConfigError
+from raymc.train import get_args_parser
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    args = vars(get_args_parser().parse_args(argv))
+    return build_config(args, yaml_path=args.pop("config", None))
+
+
+def test_no_arguments_gives_the_demo_settings():
+    config = parse([])
+    assert config.data is None
+    for key, value in DEMO_DEFAULTS.items():
+        assert getattr(config, key) == value
+
+
+def test_real_data_keeps_the_full_defaults(tmp_path):
+    config = parse(["--data", str(tmp_path)])
+    assert config.image_size == 224 and config.epochs == 90 and config.batch == 256
+
+
+def test_dash_and_underscore_spellings_are_the_same_flag():
+    assert parse(["--weight-decay", "0.01"]).weight_decay == 0.01
+    assert parse(["--weight_decay", "0.01"]).weight_decay == 0.01
+    assert parse(["--label_smoothing", "0.2", "--stream1-lr", "0.3"]).label_smoothing == 0.2
+
+
+def test_boolean_flags():
+    assert parse([]).mixed_precision is True
+    assert parse(["--no-mixed-precision"]).mixed_precision is False
+    assert parse(["--no_mixed_precision"]).mixed_precision is False
+    assert parse(["--nesterov"]).nesterov is True
+
+
+def test_learning_rate_follows_the_linear_scaling_rule():
+    config = parse(["--data", "x", "--batch", "512"])
+    assert config.base_lr == pytest.approx(0.2)
+    assert parse(["--data", "x", "--batch", "512", "--grad-accum-steps", "2"]).base_lr == pytest.approx(0.4)
+    assert parse(["--data", "x", "--lr", "0.05"]).base_lr == 0.05
+
+
+def test_yaml_fills_settings_and_flags_win(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\nweight-decay: 1e-4\nfusion: gated\n")
+    config = parse(["--config", str(path), "--epochs", "5"])
+    assert config.epochs == 5 and config.weight_decay == 1e-4 and config.fusion == "gated"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("epochs: 3\nbogus_key: 1\n", "bogus_key"), ("epochs: three\n", "epochs"), ("- a\n- b\n", "mapping"), ("a: [\n", "YAML")],
+)
+def test_bad_yaml_names_the_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        parse(["--config", str(path)])
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        parse(["--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--batch", "33", "--num-workers", "2"], "--batch"),
+        (["--epochs", "0"], "--epochs"),
+        (["--label-smoothing", "1.5"], "--label-smoothing"),
+        (["--lr", "-1"], "--lr"),
+        (["--patience", "0"], "--patience"),
+        (["--model", "sd_resnet50", "--stream1-lr", "0.1"], "--stream1-lr"),
+    ],
+)
+def test_bad_values_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError, match=flag):
+        parse(argv)
+
+
+def test_unknown_flag_and_bad_choice_exit_with_usage_error():
+    with pytest.raises(SystemExit) as err:
+        parse(["--no-such-flag"])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit):
+        parse(["--fusion", "sum"])
+
+
+def test_default_run_name_is_stable_and_tracks_settings():
+    assert parse([]).run_name() == parse([]).run_name()
+    assert parse([]).run_name() != parse(["--lr", "0.01"]).run_name()
+    # where a run executes does not change what it is
+    assert parse([]).run_name() == parse(["--num-workers", "1"]).run_name()
+    assert parse(["--name", "mine"]).run_name() == "mine"
+
+
+def test_help_documents_every_setting(capsys):
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        flag = "--" + name.replace("_", "-")
+        assert flag in text or f"--no-{name.replace('_', '-')}" in text, flag
