@@ -20,17 +20,8 @@ from typing import Any
 import yaml
 
 from raymc.errors import ConfigError
+from raymc.models import MODEL_NAMES
 
-MODEL_CHOICES = (
-    "mc_resnet18",
-    "mc_resnet34",
-    "mc_resnet50",
-    "mc_resnet101",
-    "mc_resnet152",
-    "sd_resnet50",
-    "sd_resnet101",
-    "sd_resnet152",
-)
 
 
 def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None) -> Any:
@@ -62,7 +53,7 @@ class TrainConfig:
     crop_scale: float = setting(0.08, "smallest area fraction a random resized crop may keep", group="data")
 
     # model
-    model: str = setting("mc_resnet18", "model name", group="model", choices=MODEL_CHOICES)
+    model: str = setting("mc_resnet18", "model name", group="model", choices=MODEL_NAMES)
     fusion: str = setting("concat", "MCResNet stream fusion", group="model", choices=("concat", "weighted", "gated"))
     dropout: float = setting(0.0, "dropout before the classifier head", group="model")
 

@@ -41,19 +41,16 @@ def _keyword_names(fn: Callable[..., Any], *, required: bool = False) -> frozens
     )
 
 
-# The mc_resnet factories fix the trunk (block, layers) and pass every other keyword to MCResNet.
-_MC_KEYWORDS = _keyword_names(MCResNet) - {"block", "layers"}
-
-# name -> (factory, the keyword arguments it accepts)
-_MODELS: dict[str, tuple[Callable[..., nn.Module], frozenset[str]]] = {
-    "mc_resnet18": (mc_resnet18, _MC_KEYWORDS),
-    "mc_resnet34": (mc_resnet34, _MC_KEYWORDS),
-    "mc_resnet50": (mc_resnet50, _MC_KEYWORDS),
-    "mc_resnet101": (mc_resnet101, _MC_KEYWORDS),
-    "mc_resnet152": (mc_resnet152, _MC_KEYWORDS),
-    "sd_resnet50": (sd_resnet50, _keyword_names(sd_resnet50)),
-    "sd_resnet101": (sd_resnet101, _keyword_names(sd_resnet101)),
-    "sd_resnet152": (sd_resnet152, _keyword_names(sd_resnet152)),
+# name -> (factory, the model class it builds, the class keywords the factory fixes itself)
+_MODELS: dict[str, tuple[Callable[..., nn.Module], type[nn.Module], frozenset[str]]] = {
+    "mc_resnet18": (mc_resnet18, MCResNet, frozenset({"block", "layers"})),
+    "mc_resnet34": (mc_resnet34, MCResNet, frozenset({"block", "layers"})),
+    "mc_resnet50": (mc_resnet50, MCResNet, frozenset({"block", "layers"})),
+    "mc_resnet101": (mc_resnet101, MCResNet, frozenset({"block", "layers"})),
+    "mc_resnet152": (mc_resnet152, MCResNet, frozenset({"block", "layers"})),
+    "sd_resnet50": (sd_resnet50, SDResNet, frozenset({"layers"})),
+    "sd_resnet101": (sd_resnet101, SDResNet, frozenset({"layers"})),
+    "sd_resnet152": (sd_resnet152, SDResNet, frozenset({"layers"})),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -63,13 +60,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; unknown names and arguments raise ConfigError naming them."""
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
-    factory, accepted = _MODELS[name]
+    factory, model_class, fixed = _MODELS[name]
+    accepted = _keyword_names(model_class) - fixed
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigError(
             f"model {name!r} does not take {', '.join(unknown)}; it takes: {', '.join(sorted(accepted))}"
         )
-    missing = sorted(_keyword_names(factory, required=True) - set(kwargs))
+    missing = sorted(_keyword_names(model_class, required=True) - fixed - set(kwargs))
     if missing:
         raise ConfigError(f"model {name!r} needs {', '.join(missing)}")
     return factory(**kwargs)

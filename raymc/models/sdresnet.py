@@ -89,40 +89,16 @@ class SDResNet(ResNet):
         ]
 
 
-def sd_resnet50(
-    *, num_classes: int = 1000, pL: float = 0.5, sd_mode: str = "row", zero_init_residual: bool = False
-) -> SDResNet:
+def sd_resnet50(**kwargs: Any) -> SDResNet:
     """ResNet-50 with stochastic depth; pL=1.0 is torchvision's plain resnet50."""
-    return SDResNet(
-        layers=(3, 4, 6, 3),
-        num_classes=num_classes,
-        pL=pL,
-        sd_mode=sd_mode,
-        zero_init_residual=zero_init_residual,
-    )
+    return SDResNet(layers=(3, 4, 6, 3), **kwargs)
 
 
-def sd_resnet101(
-    *, num_classes: int = 1000, pL: float = 0.5, sd_mode: str = "row", zero_init_residual: bool = False
-) -> SDResNet:
+def sd_resnet101(**kwargs: Any) -> SDResNet:
     """ResNet-101 with stochastic depth; pL=1.0 is torchvision's plain resnet101."""
-    return SDResNet(
-        layers=(3, 4, 23, 3),
-        num_classes=num_classes,
-        pL=pL,
-        sd_mode=sd_mode,
-        zero_init_residual=zero_init_residual,
-    )
+    return SDResNet(layers=(3, 4, 23, 3), **kwargs)
 
 
-def sd_resnet152(
-    *, num_classes: int = 1000, pL: float = 0.5, sd_mode: str = "row", zero_init_residual: bool = False
-) -> SDResNet:
+def sd_resnet152(**kwargs: Any) -> SDResNet:
     """ResNet-152 with stochastic depth; pL=1.0 is torchvision's plain resnet152."""
-    return SDResNet(
-        layers=(3, 8, 36, 3),
-        num_classes=num_classes,
-        pL=pL,
-        sd_mode=sd_mode,
-        zero_init_residual=zero_init_residual,
-    )
+    return SDResNet(layers=(3, 8, 36, 3), **kwargs)

@@ -1,0 +1,292 @@
+"""Small, learnable NYU Depth V2 files in exactly the real .mat layout.
+
+The scene class of a demo frame (nyu10 protocol) is carried half by colour and half by depth:
+class c shows hue c // 2 and a back wall at distance c % 5, so RGB alone or depth alone can tell
+at most ~50% of the classes apart and only the two streams together reach ~100%. The cues are
+global (a large tinted region, a wall distance), so they survive random-resized crops, flips and
+brightness / contrast / saturation jitter; hue jitter would destroy the colour cue.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from raymc.data.nyu import OTHERS, PROTOCOLS, SCENE_TYPES
+from raymc.errors import ConfigError
+
+NYU10 = PROTOCOLS["nyu10"]
+OTHER_TYPES: tuple[str, ...] = tuple(t for t in SCENE_TYPES if t not in NYU10)
+CUE_HUES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # 5 hues 72 degrees apart
+CUE_WALLS: tuple[float, ...] = (1.5, 2.5, 3.5, 4.5, 5.5)  # metres to the back wall
+ROOM_FRAMES = (3, 8)  # frames per room, inclusive, as in the real file
+CHUNK_SAMPLES = 8  # HDF5 chunks span several samples, like the real file
+USERBLOCK = 512
+# A fixed date keeps demo files byte-identical for a seed.
+HEADER_TEXT = (
+    "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
+    "HDF5 schema 1.00 ."
+)
+
+
+@dataclass(frozen=True)
+class _Room:
+    """One room: its id and type, and the cues all its frames share (with per-frame noise)."""
+
+    scene: str
+    scene_type: str
+    size: int
+    hue: float
+    wall: float
+
+
+def write_demo_nyu(
+    path: str | os.PathLike, *, n: int = 480, seed: int = 0, height: int = 120, width: int = 160
+) -> Path:
+    """Write a demo nyu_depth_v2_labeled.mat of n frames; the same seed gives the same bytes."""
+    if n < 1 or height < 8 or width < 8:
+        raise ConfigError(
+            f"demo size n={n}, height={height}, width={width} (keys 'n', 'height', 'width') is too "
+            "small; use n >= 1 and height, width >= 8"
+        )
+    rng = np.random.default_rng(seed)
+    rooms = _plan_rooms(n, rng)
+    frames = [_render_frame(room, rng, height, width) for room in rooms for _ in range(room.size)]
+    images, depths, raw_depths, labels, instances = (np.stack(a) for a in zip(*frames, strict=True))
+    return write_nyu_mat(
+        path,
+        images=images,
+        depths=depths,
+        scene_types=[room.scene_type for room in rooms for _ in range(room.size)],
+        scenes=[room.scene for room in rooms for _ in range(room.size)],
+        raw_depths=raw_depths,
+        labels=labels,
+        instances=instances,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rooms and frames
+# --------------------------------------------------------------------------------------------
+
+
+def _plan_rooms(n: int, rng: np.random.Generator) -> list[_Room]:
+    """Rooms of 3..8 frames summing to n, classes dealt in shuffled rounds so they balance."""
+    sizes = _room_sizes(n, rng)
+    classes: list[int] = []
+    while len(classes) < len(sizes):
+        classes.extend(rng.permutation(len(NYU10)).tolist())
+    taken: set[str] = set()
+    return [_make_room(c, size, rng, taken) for c, size in zip(classes, sizes, strict=False)]
+
+
+def _room_sizes(n: int, rng: np.random.Generator) -> list[int]:
+    """Split n frames into rooms of ROOM_FRAMES sizes (one smaller room only when n < 3)."""
+    low, high = ROOM_FRAMES
+    sizes = []
+    remaining = n
+    while remaining > high:
+        size = int(rng.integers(low, high + 1))
+        size = min(size, remaining - low)  # never leave fewer than `low` frames behind
+        sizes.append(size)
+        remaining -= size
+    sizes.append(remaining)
+    return sizes
+
+
+def _make_room(label: int, size: int, rng: np.random.Generator, taken: set[str]) -> _Room:
+    """A room of class `label`: a scene type mapping to it and an id like kitchen_0028b."""
+    name = NYU10[label]
+    scene_type = str(rng.choice(OTHER_TYPES)) if name == OTHERS else name
+    scene = ""
+    while not scene or scene in taken:
+        letter = str(rng.choice(["", "", "a", "b", "c"]))
+        scene = f"{scene_type}_{int(rng.integers(1, 10_000)):04d}{letter}"
+    taken.add(scene)
+    return _Room(
+        scene=scene,
+        scene_type=scene_type,
+        size=size,
+        hue=CUE_HUES[label // 2] + rng.normal(0.0, 0.015),
+        wall=CUE_WALLS[label % 5] + rng.uniform(-0.25, 0.25),
+    )
+
+
+def _render_frame(
+    room: _Room, rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, ...]:
+    """One frame: RGB (H, W, 3), depth and raw depth (H, W), per-pixel labels and instances."""
+    objects = _objects(rng, height, width)
+    rgb = _render_rgb(room, objects, rng, height, width)
+    depth, labels, instances = _render_depth(room, objects, rng, height, width)
+    raw = depth.copy()
+    raw[_missing_mask(rng, height, width, 0.12, border=0.08)] = 0.0
+    depth[_missing_mask(rng, height, width, 0.05, border=0.0)] = 0.0
+    if rng.random() < 0.25:  # a few NaN pixels for the reader to clean, as sensors produce
+        depth[rng.random((height, width)) < 0.002] = np.nan
+    return rgb, depth, raw, labels, instances
+
+
+def _objects(rng: np.random.Generator, height: int, width: int) -> list[tuple[slice, slice]]:
+    """2-4 furniture boxes covering a small part of the view, in front of the wall."""
+    boxes = []
+    for _ in range(int(rng.integers(2, 5))):
+        h = max(1, int(height * rng.uniform(0.1, 0.25)))
+        w = max(1, int(width * rng.uniform(0.08, 0.2)))
+        y = int(rng.integers(height // 3, height - h + 1))
+        x = int(rng.integers(0, width - w + 1))
+        boxes.append((slice(y, y + h), slice(x, x + w)))
+    return boxes
+
+
+def _render_rgb(
+    room: _Room,
+    objects: list[tuple[slice, slice]],
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """A room tinted with its hue under uneven light, grey-ish furniture and sensor noise."""
+    hue = (room.hue + rng.normal(0.0, 0.01)) % 1.0
+    base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.45, 0.75), 1.0))
+    light = np.linspace(rng.uniform(0.55, 0.8), rng.uniform(0.75, 0.95), height)[:, None]
+    light = light * (1.0 + 0.12 * _smooth_noise(rng, height, width, cells=(4, 6)))
+    img = base * light[..., None] * 255.0
+    for rows, cols in objects:
+        grey = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.9))
+        img[rows, cols] = np.array(grey) * 255.0
+    img += rng.normal(0.0, 8.0, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _render_depth(
+    room: _Room,
+    objects: list[tuple[slice, slice]],
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A back wall at the room's distance, a floor closing in below the horizon, boxes in front;
+    Kinect-like noise growing with distance. Also per-pixel labels and instance ids."""
+    wall = room.wall + rng.normal(0.0, 0.05)
+    tilt = rng.uniform(-0.08, 0.08) * (np.linspace(-0.5, 0.5, width)[None, :])
+    depth = np.full((height, width), wall) * (1.0 + tilt)
+    labels = np.full((height, width), 21, dtype=np.uint16)  # wall
+    instances = np.ones((height, width), dtype=np.uint16)
+    horizon = int(height * rng.uniform(0.5, 0.65))
+    closing = np.linspace(1.0, 0.78, height - horizon)[:, None]
+    depth[horizon:] *= closing
+    labels[horizon:] = 11  # floor
+    for i, (rows, cols) in enumerate(objects):
+        depth[rows, cols] = np.minimum(depth[rows, cols], wall * rng.uniform(0.55, 0.85))
+        labels[rows, cols] = int(rng.integers(30, 895))
+        instances[rows, cols] = i + 1
+    depth += rng.normal(0.0, 1.0, depth.shape) * 0.0035 * depth**2
+    return depth.astype(np.float32), labels, instances
+
+
+def _missing_mask(
+    rng: np.random.Generator, height: int, width: int, fraction: float, *, border: float
+) -> np.ndarray:
+    """Pixels without a reading: scattered holes plus an invalid left border band."""
+    mask = rng.random((height, width)) < fraction
+    mask[:, : int(width * border)] = True
+    return mask
+
+
+def _smooth_noise(
+    rng: np.random.Generator, height: int, width: int, *, cells: tuple[int, int]
+) -> np.ndarray:
+    """Low-frequency texture: a coarse random grid upsampled bilinearly to (height, width)."""
+    coarse = rng.normal(0.0, 1.0, cells)
+    xs = np.linspace(0, cells[1] - 1, width)
+    ys = np.linspace(0, cells[0] - 1, height)
+    rows = np.stack([np.interp(xs, np.arange(cells[1]), r) for r in coarse])
+    return np.stack([np.interp(ys, np.arange(cells[0]), c) for c in rows.T], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The .mat writer
+# --------------------------------------------------------------------------------------------
+
+
+def write_nyu_mat(
+    path: str | os.PathLike,
+    *,
+    images: np.ndarray,
+    depths: np.ndarray,
+    scene_types: Sequence[str],
+    scenes: Sequence[str],
+    raw_depths: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    instances: np.ndarray | None = None,
+) -> Path:
+    """Write arrays given as images (N, H, W, 3), depths (N, H, W) in the real file's layout:
+    MATLAB v7.3 header, axes reversed as h5py shows them, strings by object reference."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w", userblock_size=USERBLOCK) as f:
+        _write_array(f, "images", images.transpose(0, 3, 2, 1), "uint8", np.uint8)
+        maps = (
+            ("depths", depths, "single", np.float32),
+            ("rawDepths", raw_depths, "single", np.float32),
+            ("labels", labels, "uint16", np.uint16),
+            ("instances", instances, "uint16", np.uint16),
+        )
+        for key, array, matlab_class, dtype in maps:
+            if array is not None:
+                _write_array(f, key, array.transpose(0, 2, 1), matlab_class, dtype)
+        refs = f.create_group("#refs#")
+        _write_cell(f, refs, "sceneTypes", scene_types)
+        _write_cell(f, refs, "scenes", scenes)
+    _write_header(path)
+    return path
+
+
+def _write_array(
+    f: h5py.File, key: str, array: np.ndarray, matlab_class: str, dtype: type[np.generic]
+) -> None:
+    """A numeric MATLAB array, chunked across CHUNK_SAMPLES samples."""
+    chunks = (min(CHUNK_SAMPLES, len(array)), *array.shape[1:])
+    ds = f.create_dataset(key, data=np.asarray(array, dtype=dtype), chunks=chunks)
+    ds.attrs.create("MATLAB_class", np.bytes_(matlab_class))
+
+
+def _write_cell(f: h5py.File, refs: h5py.Group, key: str, strings: Sequence[str]) -> None:
+    """A (1, N) MATLAB cell of strings: each a uint16 (len, 1) char array under #refs#."""
+    cell = f.create_dataset(key, (1, len(strings)), dtype=h5py.ref_dtype)
+    cell.attrs.create("MATLAB_class", np.bytes_("cell"))
+    start = len(refs)
+    targets = []
+    for i, text in enumerate(strings):
+        chars = np.array([[ord(ch)] for ch in text], dtype=np.uint16)
+        ds = refs.create_dataset(_ref_name(start + i), data=chars)
+        ds.attrs.create("MATLAB_class", np.bytes_("char"))
+        ds.attrs.create("MATLAB_int_decode", np.int32(2))
+        targets.append(ds.ref)
+    cell[0, :] = targets
+
+
+def _ref_name(i: int) -> str:
+    """MATLAB-style names for #refs# entries: a, b, ..., z, ba, bb, ..."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    name = letters[i % 26]
+    while i >= 26:
+        i //= 26
+        name = letters[i % 26] + name
+    return name
+
+
+def _write_header(path: Path) -> None:
+    """The 128-byte MATLAB header at the start of the HDF5 userblock."""
+    text = HEADER_TEXT.encode("ascii").ljust(116, b" ")
+    header = text + b"\x00" * 8 + struct.pack("<H", 0x0200) + b"IM"
+    with open(path, "r+b") as f:
+        f.write(header)

@@ -1,0 +1,658 @@
+"""NYU Depth V2 labeled .mat: reader, scene protocols, splits, and preparation into Parquet.
+
+The labeled file is MATLAB v7.3 (HDF5 behind a 512-byte header) and h5py shows MATLAB's axes
+reversed: `images` is (N, 3, W, H), `depths` (N, W, H), and the per-sample strings in `sceneTypes`
+and `scenes` are object references to uint16 char arrays. Everything here reads N, H and W from the
+file, validates before writing, and reads pixels in contiguous blocks of samples because h5py reads
+whole chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import scipy.io
+from PIL import Image
+from ray.data.extensions import ArrowTensorArray
+
+from raymc.cluster import init_ray
+from raymc.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SCENE_TYPES: tuple[str, ...] = (
+    "basement", "bathroom", "bedroom", "bookstore", "cafe", "classroom", "computer_lab",
+    "conference_room", "dinette", "dining_room", "excercise_room", "foyer", "furniture_store",
+    "home_office", "home_storage", "indoor_balcony", "kitchen", "laundry_room", "living_room",
+    "office", "office_kitchen", "playroom", "printer_room", "reception_room", "student_lounge",
+    "study", "study_room",
+)  # fmt: skip
+OTHERS = "others"
+PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "nyu10": (
+        "bedroom", "kitchen", "living_room", "bathroom", "dining_room", "office", "home_office",
+        "classroom", "bookstore", OTHERS,
+    ),
+    "nyu27": SCENE_TYPES,
+}  # fmt: skip
+REQUIRED_KEYS: tuple[str, ...] = ("images", "depths", "sceneTypes", "scenes")
+DEFAULT_TEST_FRACTION = 654 / 1449
+SPLIT_KEYS: tuple[str, str] = ("trainNdxs", "testNdxs")
+SPLIT_NAMES: tuple[str, str] = ("train", "test")
+INFO_FILE = "dataset_info.json"
+SHARD_BYTES = 128 * 2**20  # per Parquet shard: ~60 full-size NYU samples
+MIN_SHARDS = 8  # enough Ray tasks to keep a small cluster busy on small files
+
+_FIX_MAT = (
+    "pass the labeled NYU Depth V2 file nyu_depth_v2_labeled.mat (download it again if damaged)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the .mat
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NyuIndex:
+    """Everything in the .mat but the pixels, read and validated once before any work starts."""
+
+    path: Path
+    num_samples: int
+    height: int
+    width: int
+    scene_types: tuple[str, ...]
+    scenes: tuple[str, ...]
+    chunk_samples: int  # samples per HDF5 chunk of `images`: blocks are aligned to it
+
+
+def open_mat(path: str | os.PathLike) -> h5py.File:
+    """Open the .mat read-only, turning 'missing' and 'not HDF5' into DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mat file not found (key 'mat'); {_FIX_MAT}")
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path}: not an HDF5 / MATLAB v7.3 file (key 'mat'); {_FIX_MAT}, "
+            "or re-save it in MATLAB with save(..., '-v7.3')"
+        )
+    return h5py.File(path, "r")
+
+
+def read_index(path: str | os.PathLike) -> NyuIndex:
+    """Read sizes and scene strings, checking every key agrees on N, H and W."""
+    path = Path(path)
+    with open_mat(path) as f:
+        for key in REQUIRED_KEYS:
+            if key not in f:
+                raise DataError(f"{path}: key '{key}' is missing; {_FIX_MAT}")
+        num_samples, width, height = _check_images(f["images"], path)
+        _check_depths(f["depths"], path, (num_samples, width, height))
+        scene_types = _read_strings(f, "sceneTypes", path, num_samples)
+        scenes = _read_strings(f, "scenes", path, num_samples)
+        chunks = f["images"].chunks
+    _check_scene_types(scene_types, path)
+    return NyuIndex(
+        path=path,
+        num_samples=num_samples,
+        height=height,
+        width=width,
+        scene_types=scene_types,
+        scenes=scenes,
+        chunk_samples=chunks[0] if chunks else 1,
+    )
+
+
+def _check_images(ds: h5py.Dataset, path: Path) -> tuple[int, int, int]:
+    """`images` must be (N, 3, W, H) uint8 as h5py shows it; returns (N, W, H)."""
+    if ds.ndim != 4 or ds.shape[1] != 3 or ds.dtype != np.uint8 or 0 in ds.shape:
+        raise DataError(
+            f"{path}: key 'images' has shape {ds.shape} dtype {ds.dtype}, expected "
+            f"(N, 3, W, H) uint8 (MATLAB's H x W x 3 x N seen by h5py); {_FIX_MAT}"
+        )
+    return ds.shape[0], ds.shape[2], ds.shape[3]
+
+
+def _check_depths(ds: h5py.Dataset, path: Path, expected: tuple[int, int, int]) -> None:
+    """`depths` must be float (N, W, H), matching `images` sample for sample."""
+    if ds.shape != expected or ds.dtype.kind != "f":
+        raise DataError(
+            f"{path}: key 'depths' has shape {ds.shape} dtype {ds.dtype}, expected float "
+            f"{expected} to match key 'images'; {_FIX_MAT}"
+        )
+
+
+def _read_strings(f: h5py.File, key: str, path: Path, num_samples: int) -> tuple[str, ...]:
+    """Decode a (1, N) cell of MATLAB char arrays stored as HDF5 object references."""
+    ds = f[key]
+    if h5py.check_dtype(ref=ds.dtype) is not h5py.Reference or ds.ndim != 2 or 1 not in ds.shape:
+        raise DataError(
+            f"{path}: key '{key}' has shape {ds.shape} dtype {ds.dtype}, expected a (1, N) "
+            f"cell of strings (object references); {_FIX_MAT}"
+        )
+    if ds.size != num_samples:
+        raise DataError(
+            f"{path}: key '{key}' holds {ds.size} samples but key 'images' holds {num_samples}; "
+            f"{_FIX_MAT}"
+        )
+    refs = ds[()].ravel()
+    return tuple(_decode_char(f, ref, key, path, i) for i, ref in enumerate(refs))
+
+
+def _decode_char(f: h5py.File, ref: h5py.Reference, key: str, path: Path, index: int) -> str:
+    """One MATLAB char array, (len, 1) uint16 in h5py; MATLAB marks empty ones MATLAB_empty."""
+    if not ref:
+        raise DataError(f"{path}: key '{key}' sample {index} is an empty reference; {_FIX_MAT}")
+    obj = f[ref]
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "ui":
+        raise DataError(
+            f"{path}: key '{key}' sample {index} does not reference a char array; {_FIX_MAT}"
+        )
+    if obj.attrs.get("MATLAB_empty", 0):
+        return ""
+    return "".join(map(chr, obj[()].ravel()))
+
+
+def _check_scene_types(scene_types: Sequence[str], path: Path) -> None:
+    """Every scene type must be one of the 27 real ones, or labels would be invented."""
+    known = set(SCENE_TYPES)
+    for index, value in enumerate(scene_types):
+        if value not in known:
+            raise DataError(
+                f"{path}: key 'sceneTypes' sample {index} is {value!r}, not one of the 27 NYU "
+                f"Depth V2 scene types ({', '.join(SCENE_TYPES)}); fix the value or {_FIX_MAT}"
+            )
+
+
+def read_block(f: h5py.File, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples start..stop as RGB (n, H, W, 3) uint8, cleaned depth (n, H, W) float32 metres,
+    and the number of pixels cleaned per sample: one h5py read per key, whole chunks at a time."""
+    rgb = np.ascontiguousarray(f["images"][start:stop].transpose(0, 3, 2, 1))
+    depth = np.ascontiguousarray(f["depths"][start:stop].transpose(0, 2, 1), dtype=np.float32)
+    cleaned = clean_depth(depth)
+    return rgb, depth, cleaned
+
+
+def clean_depth(depth: np.ndarray) -> np.ndarray:
+    """Set NaN, inf and negative depths to 0 (= missing) in place; return counts per sample."""
+    bad = ~np.isfinite(depth) | (depth < 0)
+    depth[bad] = 0.0
+    return bad.reshape(len(depth), -1).sum(axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Scene protocols
+# --------------------------------------------------------------------------------------------
+
+
+def class_names(protocol: str) -> tuple[str, ...]:
+    """The class names of a protocol, in label order."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown protocol {protocol!r} (key 'protocol'); use one of {', '.join(PROTOCOLS)}"
+        )
+    return PROTOCOLS[protocol]
+
+
+def scene_labels(scene_types: Sequence[str], protocol: str) -> np.ndarray:
+    """Map scene types to int64 labels; under nyu10 every type outside the nine is 'others'."""
+    names = class_names(protocol)
+    label_of = {name: i for i, name in enumerate(names)}
+    others = label_of.get(OTHERS)
+    return np.array([label_of.get(t, others) for t in scene_types], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def read_splits(path: str | os.PathLike, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read the official splits.mat (MATLAB v5 or v7.3) as 0-based (train, test) indices."""
+    path = Path(path)
+    arrays = _load_split_arrays(path)
+    train, test = (_split_indices(arrays[key], key, path, num_samples) for key in SPLIT_KEYS)
+    overlap = np.intersect1d(train, test)
+    if overlap.size:
+        raise DataError(
+            f"{path}: keys 'trainNdxs' and 'testNdxs' share {overlap.size} indices (first: "
+            f"{overlap[0] + 1}); pass the official splits.mat or fix the lists"
+        )
+    return train, test
+
+
+def _load_split_arrays(path: Path) -> dict[str, np.ndarray]:
+    """trainNdxs and testNdxs from a v5 .mat (scipy) or a v7.3 one (h5py)."""
+    if not path.is_file():
+        raise DataError(
+            f"{path}: splits file not found (key 'splits'); pass the official splits.mat"
+        )
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            arrays = {key: np.asarray(f[key]) for key in SPLIT_KEYS if key in f}
+    else:
+        arrays = _load_v5(path)
+    for key in SPLIT_KEYS:
+        if key not in arrays:
+            raise DataError(f"{path}: key '{key}' is missing; pass the official splits.mat")
+    return arrays
+
+
+def _load_v5(path: Path) -> dict[str, np.ndarray]:
+    """A MATLAB v4/v5 file via scipy; anything scipy cannot parse is not a splits file."""
+    try:
+        return scipy.io.loadmat(path, variable_names=list(SPLIT_KEYS))
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError) as e:
+        raise DataError(
+            f"{path}: not a MATLAB .mat file (key 'splits'): {e}; pass the official splits.mat"
+        ) from e
+
+
+def _split_indices(values: np.ndarray, key: str, path: Path, num_samples: int) -> np.ndarray:
+    """Check 1-based whole-number indices in 1..N without repeats; return them 0-based."""
+    flat = np.asarray(values).ravel()
+    fix = "pass the official splits.mat or fix the list"
+    if flat.size == 0 or flat.dtype.kind not in "uif":
+        raise DataError(f"{path}: key '{key}' is empty or not numeric ({flat.dtype}); {fix}")
+    if not np.all(np.isfinite(flat)) or np.any(flat != np.round(flat)):
+        raise DataError(f"{path}: key '{key}' holds non-integer indices; {fix}")
+    indices = flat.astype(np.int64)
+    outside = indices[(indices < 1) | (indices > num_samples)]
+    if outside.size:
+        raise DataError(
+            f"{path}: key '{key}' holds indices outside 1..{num_samples} (e.g. {outside[0]}); "
+            f"the splits file does not belong to this .mat; {fix}"
+        )
+    if np.unique(indices).size != indices.size:
+        raise DataError(f"{path}: key '{key}' repeats indices; {fix}")
+    return indices - 1
+
+
+def grouped_split(
+    scenes: Sequence[str], labels: np.ndarray, *, seed: int, test_fraction: float
+) -> np.ndarray:
+    """A seeded split that keeps each room (`scenes`) on one side, stratified by class.
+
+    Per class (a room's class is the majority of its frames), its rooms are shuffled and moved
+    into test until the class's test share reaches test_fraction; the last room always stays in
+    train, so every class with >= 2 rooms has a room on each side and a one-room class trains.
+    Returns a bool array, True for test samples.
+    """
+    check_test_fraction(test_fraction)
+    room_names, room_of = np.unique(np.asarray(scenes, dtype=str), return_inverse=True)
+    room_sizes = np.bincount(room_of, minlength=len(room_names))
+    room_class = _room_classes(room_of, labels, len(room_names))
+    rng = np.random.default_rng(seed)
+    test_room = np.zeros(len(room_names), dtype=bool)
+    for label in np.unique(room_class):
+        rooms = np.flatnonzero(room_class == label)
+        rng.shuffle(rooms)
+        test_room[_rooms_for_test(rooms, room_sizes, test_fraction)] = True
+    return test_room[room_of]
+
+
+def check_test_fraction(test_fraction: float) -> None:
+    """The grouped split needs a fraction strictly between 0 and 1."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(
+            f"test fraction {test_fraction} (key 'test_fraction') must be between 0 and 1; "
+            f"the NYU default is {DEFAULT_TEST_FRACTION:.4f} (654/1449)"
+        )
+
+
+def _room_classes(room_of: np.ndarray, labels: np.ndarray, num_rooms: int) -> np.ndarray:
+    """The majority class of each room's frames (lowest label on ties)."""
+    counts = np.zeros((num_rooms, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (room_of, labels), 1)
+    return counts.argmax(axis=1)
+
+
+def _rooms_for_test(rooms: np.ndarray, room_sizes: np.ndarray, test_fraction: float) -> list[int]:
+    """Take shuffled rooms into test until their frames reach the class's target share."""
+    target = test_fraction * room_sizes[rooms].sum()
+    chosen: list[int] = []
+    taken = 0
+    for room in rooms[:-1]:
+        if taken >= target:
+            break
+        chosen.append(int(room))
+        taken += room_sizes[room]
+    return chosen
+
+
+def assign_splits(
+    index: NyuIndex,
+    labels: np.ndarray,
+    *,
+    splits: str | os.PathLike | None,
+    seed: int,
+    test_fraction: float,
+) -> np.ndarray:
+    """Per sample 'train', 'test' or '' (in neither official list: left out of the data)."""
+    assigned = np.full(index.num_samples, "", dtype="<U5")
+    if splits is not None:
+        train, test = read_splits(splits, index.num_samples)
+        assigned[train], assigned[test] = SPLIT_NAMES
+        return assigned
+    is_test = grouped_split(index.scenes, labels, seed=seed, test_fraction=test_fraction)
+    assigned[:] = np.where(is_test, "test", "train")
+    return assigned
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation into Parquet shards (parallel Ray tasks)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One Ray task: a contiguous block of samples of the .mat into one Parquet file."""
+
+    mat: str
+    start: int
+    stop: int
+    split: np.ndarray  # per sample of the block: 'train', 'test' or '' (left out)
+    labels: np.ndarray
+    scene_types: tuple[str, ...]
+    scenes: tuple[str, ...]
+    num_classes: int
+    size: tuple[int, int]  # (H, W) to store; the source size means no resizing
+    out_file: str
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """What one shard adds to dataset_info.json: class counts and train depth moments."""
+
+    counts: np.ndarray  # (2, num_classes): rows train, test
+    depth_sum: float
+    depth_sum_sq: float
+    depth_count: int
+    invalid_depth_pixels: int
+
+
+def prepare_nyu(
+    mat: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: str | os.PathLike | None = None,
+    protocol: str = "nyu10",
+    seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    overwrite: bool = False,
+    image_size: int | None = None,
+) -> dict:
+    """Convert the labeled .mat into Parquet shards plus dataset_info.json; return the info.
+
+    All validation happens before anything is written; shards go to a temporary sibling folder
+    that replaces `out` only once complete, so `out` never holds a half-written dataset.
+    """
+    mat, out = Path(mat), Path(out)
+    check_output_dir(out, overwrite=overwrite)
+    names = class_names(protocol)
+    index = read_index(mat)
+    size = _output_size(index, image_size)
+    labels = scene_labels(index.scene_types, protocol)
+    assigned = assign_splits(index, labels, splits=splits, seed=seed, test_fraction=test_fraction)
+
+    init_ray()
+    with staging_dir(out) as staging:
+        jobs = _shard_jobs(index, labels, assigned, len(names), size, staging)
+        logger.info("preparing %s: %d samples in %d Ray tasks", mat, index.num_samples, len(jobs))
+        stats = ray.get([_write_shard.remote(job) for job in jobs])
+        info = _dataset_info(
+            index, stats, names, size,
+            protocol=protocol, seed=seed, splits=splits, test_fraction=test_fraction,
+        )  # fmt: skip
+        _write_info(staging, info)
+        commit_dir(staging, out)
+    logger.info("prepared %d samples into %s", info["num_samples"], out)
+    return info
+
+
+def _output_size(index: NyuIndex, image_size: int | None) -> tuple[int, int]:
+    """(H, W) of the stored images: full resolution, or the shorter side scaled to image_size."""
+    if image_size is None:
+        return index.height, index.width
+    short = min(index.height, index.width)
+    if not 1 <= image_size <= short:
+        raise ConfigError(
+            f"image size {image_size} (key 'image_size') must be between 1 and the shorter side "
+            f"{short} of {index.path}; leave it unset to keep full resolution"
+        )
+    scale = image_size / short
+    return max(1, round(index.height * scale)), max(1, round(index.width * scale))
+
+
+def _shard_jobs(
+    index: NyuIndex,
+    labels: np.ndarray,
+    assigned: np.ndarray,
+    num_classes: int,
+    size: tuple[int, int],
+    staging: Path,
+) -> list[ShardJob]:
+    """Cut the samples into contiguous, chunk-aligned blocks of about SHARD_BYTES each."""
+    jobs = []
+    for i, (start, stop) in enumerate(_blocks(index)):
+        jobs.append(
+            ShardJob(
+                mat=str(index.path.resolve()),
+                start=start,
+                stop=stop,
+                split=assigned[start:stop],
+                labels=labels[start:stop],
+                scene_types=index.scene_types[start:stop],
+                scenes=index.scenes[start:stop],
+                num_classes=num_classes,
+                size=size,
+                out_file=str(staging / f"part-{i:05d}.parquet"),
+            )
+        )
+    return jobs
+
+
+def _blocks(index: NyuIndex) -> list[tuple[int, int]]:
+    """Block bounds: at most SHARD_BYTES of pixels, at least MIN_SHARDS blocks when possible,
+    and a whole number of HDF5 chunks each so no chunk is read twice."""
+    sample_bytes = index.height * index.width * (3 + 4)
+    rows = min(SHARD_BYTES // sample_bytes, math.ceil(index.num_samples / MIN_SHARDS))
+    chunk = index.chunk_samples
+    rows = max(chunk, math.ceil(max(rows, 1) / chunk) * chunk)
+    return [(s, min(s + rows, index.num_samples)) for s in range(0, index.num_samples, rows)]
+
+
+@ray.remote
+def _write_shard(job: ShardJob) -> ShardStats:
+    """Read one block, keep the samples in a split, write them as one Parquet file."""
+    with open_mat(job.mat) as f:
+        rgb, depth, cleaned = read_block(f, job.start, job.stop)
+    keep = job.split != ""
+    rgb, depth = rgb[keep], depth[keep]
+    if rgb.shape[1:3] != job.size:
+        rgb, depth = _resize(rgb, depth, job.size)
+    if keep.any():
+        table = _shard_table(job, keep, rgb, depth)
+        pq.write_table(table, job.out_file)
+    return _shard_stats(job, keep, depth, int(cleaned[keep].sum()))
+
+
+def _shard_table(job: ShardJob, keep: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> pa.Table:
+    """Rows of one shard; images as Ray's Arrow tensor extension so they read back as arrays."""
+    positions = np.flatnonzero(keep)
+    return pa.table(
+        {
+            "rgb": ArrowTensorArray.from_numpy(rgb, column_name="rgb"),
+            "depth": ArrowTensorArray.from_numpy(depth, column_name="depth"),
+            "label": pa.array(job.labels[positions], type=pa.int64()),
+            "scene_type": pa.array([job.scene_types[i] for i in positions], type=pa.string()),
+            "scene": pa.array([job.scenes[i] for i in positions], type=pa.string()),
+            "split": pa.array(job.split[positions].tolist(), type=pa.string()),
+            "index": pa.array(positions + job.start, type=pa.int64()),
+        }
+    )
+
+
+def _shard_stats(job: ShardJob, keep: np.ndarray, depth: np.ndarray, cleaned: int) -> ShardStats:
+    """Per-class counts of each split and depth moments over valid (> 0) train pixels."""
+    split, labels = job.split[keep], job.labels[keep]
+    counts = np.stack(
+        [np.bincount(labels[split == name], minlength=job.num_classes) for name in SPLIT_NAMES]
+    )
+    valid = depth[split == "train"]
+    valid = valid[valid > 0].astype(np.float64)
+    return ShardStats(
+        counts=counts,
+        depth_sum=float(valid.sum()),
+        depth_sum_sq=float(np.square(valid).sum()),
+        depth_count=int(valid.size),
+        invalid_depth_pixels=cleaned,
+    )
+
+
+def _resize(
+    rgb: np.ndarray, depth: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to (H, W): RGB bilinear, depth nearest so holes stay holes and metres stay real."""
+    if len(rgb) == 0:
+        return rgb, depth
+    wh = (size[1], size[0])
+    rgb = np.stack([np.asarray(Image.fromarray(x).resize(wh, Image.BILINEAR)) for x in rgb])
+    depth = np.stack([np.asarray(Image.fromarray(d).resize(wh, Image.NEAREST)) for d in depth])
+    return rgb, depth.astype(np.float32)
+
+
+def _dataset_info(
+    index: NyuIndex,
+    stats: list[ShardStats],
+    names: tuple[str, ...],
+    size: tuple[int, int],
+    *,
+    protocol: str,
+    seed: int,
+    splits: str | os.PathLike | None,
+    test_fraction: float,
+) -> dict:
+    """The dataset_info.json that training reads: classes, counts, depth statistics, source."""
+    counts = sum(s.counts for s in stats)
+    n = sum(s.depth_count for s in stats)
+    mean = sum(s.depth_sum for s in stats) / n if n else 0.0
+    var = sum(s.depth_sum_sq for s in stats) / n - mean**2 if n else 0.0
+    return {
+        "dataset": "nyu",
+        "protocol": protocol,
+        "classes": list(names),
+        "num_samples": int(counts.sum()),
+        "num_source_samples": index.num_samples,
+        "image_height": size[0],
+        "image_width": size[1],
+        "counts": {
+            split: {name: int(c) for name, c in zip(names, row, strict=True)}
+            for split, row in zip(SPLIT_NAMES, counts, strict=True)
+        },
+        "depth_mean": mean,
+        "depth_std": math.sqrt(max(var, 0.0)),
+        "invalid_depth_pixels": int(sum(s.invalid_depth_pixels for s in stats)),
+        "split_source": "official" if splits is not None else "grouped",
+        "splits": str(Path(splits).resolve()) if splits is not None else None,
+        "test_fraction": None if splits is not None else test_fraction,
+        "seed": seed,
+        "source": str(index.path.resolve()),
+    }
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    """dataset_info.json beside the shards (Ray's read_parquet skips non-.parquet files)."""
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Output folders: refuse to clobber, write beside, swap in when complete
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a folder holding data unless overwriting."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: output path is a file (key 'out'); choose a folder for --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(
+            f"{out}: output folder already holds data (key 'out'); pass --overwrite "
+            "(overwrite=True) to replace it, or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out`, removed if the work inside fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_dir(staging: Path, out: Path) -> None:
+    """Swap the complete staging folder in as `out`; an old `out` is removed only afterwards."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Cache for training straight from a .mat
+# --------------------------------------------------------------------------------------------
+
+
+def prepared_nyu_cache(
+    mat: str | os.PathLike,
+    *,
+    splits: str | os.PathLike | None = None,
+    protocol: str = "nyu10",
+    seed: int = 0,
+    cache_dir: str | os.PathLike,
+) -> Path:
+    """Prepare the .mat once into a cache folder keyed by file identities, protocol and seed,
+    and return that folder; later calls with the same inputs reuse it."""
+    key = {
+        "mat": _file_identity(Path(mat), "mat"),
+        "splits": _file_identity(Path(splits), "splits") if splits is not None else None,
+        "protocol": protocol,
+        "seed": seed,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / "nyu" / f"{protocol}-seed{seed}-{digest}"
+    if (folder / INFO_FILE).is_file():
+        logger.info("using prepared NYU data cached in %s", folder)
+        return folder
+    prepare_nyu(mat, folder, splits=splits, protocol=protocol, seed=seed, overwrite=True)
+    return folder
+
+
+def _file_identity(path: Path, key: str) -> list:
+    """(resolved path, size, mtime) so a changed or replaced file gets a new cache entry."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (key '{key}'); check the path")
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]

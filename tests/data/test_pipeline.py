@@ -1,0 +1,47 @@
+"""Prepared-folder metadata and on-device normalization."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from raymc.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, data_spec, read_dataset_info, to_model_inputs
+from raymc.errors import DataError
+
+NYU_INFO = {
+    "dataset": "nyu",
+    "classes": ["a", "b"],
+    "counts": {"train": {"a": 3, "b": 2}, "test": {"a": 1, "b": 1}},
+    "depth_mean": 2.0,
+    "depth_std": 0.5,
+}
+
+
+def test_folder_without_dataset_info_is_named(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path}.*dataset_info.json"):
+        read_dataset_info(str(tmp_path))
+
+
+def test_info_missing_a_key_is_named(tmp_path):
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"dataset": "nyu", "classes": ["a"]}))
+    with pytest.raises(DataError, match="counts"):
+        data_spec(read_dataset_info(str(tmp_path)))
+
+
+def test_nyu_spec_has_rgb_then_depth_with_train_statistics():
+    spec = data_spec(NYU_INFO)
+    assert spec.classes == ("a", "b") and spec.num_train == 5 and spec.num_val == 2
+    assert [s.column for s in spec.streams] == ["rgb", "depth"]
+    assert spec.streams[1].mean == (2.0,) and spec.streams[1].missing_is_zero
+
+
+def test_normalization_on_device_keeps_missing_depth_at_zero():
+    spec = data_spec(NYU_INFO)
+    rgb = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    depth = torch.tensor([[[[0.0, 2.5], [1.5, 2.0]]]])
+    x_rgb, x_depth = to_model_inputs({"rgb": rgb, "depth": depth}, spec, torch.device("cpu"))
+    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(x_rgb[0, :, 0, 0], expected)
+    assert x_depth[0, 0].tolist() == [[0.0, 1.0], [-1.0, 0.0]]
