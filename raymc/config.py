@@ -37,9 +37,13 @@ class TrainConfig:
     # data
     data: str | None = setting(
         None,
-        "NYU Depth V2 .mat file or prepared Parquet folder (local path or URI such as s3://...); "
-        "default: the demo NYU set, made once and cached",
+        "NYU Depth V2 .mat file, ImageNet folder (train/ and val/ of <wnid>/ folders), or a folder "
+        "prepared by raymc.prepare (local path or URI such as s3://...); default: the demo NYU set, "
+        "made once and cached",
         group="data",
+    )
+    dataset: str = setting(
+        "auto", "what --data holds (auto: detect it)", group="data", choices=("auto", "nyu", "imagenet")
     )
     protocol: str = setting("nyu10", "NYU scene protocol", group="data", choices=("nyu10", "nyu27"))
     splits: str | None = setting(
@@ -51,11 +55,26 @@ class TrainConfig:
         "(default: image size / 0.875, i.e. 256 for 224)", group="data"
     )
     crop_scale: float = setting(0.08, "smallest area fraction a random resized crop may keep", group="data")
+    on_bad_image: str = setting(
+        "skip", "ImageNet: skip and log undecodable files, or fail naming the file", group="data",
+        choices=("skip", "fail"),
+    )
+    cache: bool = setting(False, "keep the decoded training set in Ray's object store (materialized once)", group="data")
 
     # model
-    model: str = setting("mc_resnet18", "model name", group="model", choices=MODEL_NAMES)
+    model: str | None = setting(
+        None, "model name (default: mc_resnet18 for NYU, sd_resnet50 for ImageNet)", group="model", choices=MODEL_NAMES
+    )
     fusion: str = setting("concat", "MCResNet stream fusion", group="model", choices=("concat", "weighted", "gated"))
     dropout: float = setting(0.0, "dropout before the classifier head", group="model")
+    pL: float | None = setting(
+        None, "sd_resnet: survival probability of the last block, decaying linearly from 1 "
+        "(default: 0.5; 1.0 turns stochastic depth off)", group="model",
+    )
+    sd_mode: str = setting(
+        "row", "sd_resnet: drop residual branches per sample (row) or per batch (batch, as in the paper)",
+        group="model", choices=("row", "batch"),
+    )
 
     # optimisation
     epochs: int = setting(90, "number of epochs", group="optimisation")
@@ -200,6 +219,38 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+SEED_SCRIPT_KEYS = ("data_dir", "depth", "sd")
+
+
+def add_seed_script_arguments(parser: argparse.ArgumentParser) -> None:
+    """The seed ImageNet script's own flags, mapped onto TrainConfig by `apply_seed_script_keys`."""
+    group = parser.add_argument_group("seed script flags (full_imagenet_train.py)")
+    group.add_argument(*flag_names("data_dir"), dest="data_dir", metavar="DIR", help="same as --data")
+    group.add_argument("--depth", type=int, choices=(50, 101, 152), help="ResNet depth: --model sd_resnet<depth>")
+    group.add_argument(
+        "--sd", type=int, choices=(0, 1),
+        help="stochastic depth on (1) or off (0; the default with --depth, as in the seed script)",
+    )
+
+
+def apply_seed_script_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Turn data_dir / depth / sd into data / model / pL, refusing contradictions."""
+    values = dict(values)
+    data_dir, depth, sd = (values.pop(key, None) for key in SEED_SCRIPT_KEYS)
+    if data_dir is not None:
+        if values.get("data") not in (None, data_dir):
+            raise ConfigError(f"--data-dir {data_dir} and --data {values['data']} differ; give one of them")
+        values["data"] = data_dir
+    if depth is not None:
+        model = f"sd_resnet{depth}"
+        if values.get("model") not in (None, model):
+            raise ConfigError(f"--depth {depth} means --model {model}, but --model {values['model']} was given")
+        values["model"] = model
+    if sd == 0 or (sd is None and depth is not None):
+        values["pL"] = 1.0
+    return values
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert a YAML value to the field's type, naming the key and file when it cannot be."""
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
@@ -235,6 +286,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name in SEED_SCRIPT_KEYS:
+            values[name] = value
+            continue
         if name not in known:
             raise ConfigError(
                 f"--config {path}: unknown key '{key}'; valid keys are the flags of "
@@ -250,7 +304,7 @@ def build_config(
     """Merge defaults < demo defaults (when no --data) < YAML < CLI flags < overrides, then validate."""
     values: dict[str, Any] = {}
     file_values = load_yaml(yaml_path) if yaml_path else {}
-    given = {**file_values, **cli_values, **(overrides or {})}
+    given = apply_seed_script_keys({**file_values, **cli_values, **(overrides or {})})
     if given.get("data") is None:
         values.update(DEMO_DEFAULTS)
     values.update(given)
@@ -289,5 +343,7 @@ def validate(config: TrainConfig) -> None:
         )
     if config.val_resize is not None and config.val_resize < config.image_size:
         raise ConfigError(f"--val-resize {config.val_resize} must be at least --image-size {config.image_size}")
-    if not config.model.startswith("mc_") and (config.stream1_lr or config.stream2_lr):
+    if config.pL is not None and not 0 < config.pL <= 1:
+        raise ConfigError(f"--pL must be in (0, 1] (1.0 turns stochastic depth off), got {config.pL}")
+    if config.model and not config.model.startswith("mc_") and (config.stream1_lr or config.stream2_lr):
         raise ConfigError(f"--stream1-lr/--stream2-lr apply to two-stream mc_resnet models, not {config.model}")

@@ -63,6 +63,8 @@ def model_kwargs(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if config.model.startswith("mc_"):
         kwargs.update(fusion=config.fusion, dropout=config.dropout)
+    else:
+        kwargs.update(sd_mode=config.sd_mode, **({"pL": config.pL} if config.pL is not None else {}))
     return kwargs
 
 
@@ -121,8 +123,10 @@ def train_one_epoch(
     iterator = iter(batches)
     for step in range(num_steps):
         wait_start = time.perf_counter()
-        batch = next(iterator)
+        batch = next(iterator, None)
         data_wait += time.perf_counter() - wait_start
+        if batch is None:  # fewer rows than planned: undecodable images were skipped
+            break
         inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
         labels = batch["label"].to(device, non_blocking=True)
         targets: torch.Tensor = labels

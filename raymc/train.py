@@ -26,8 +26,14 @@ from ray.train.torch import TorchTrainer
 
 from raymc import checkpoint
 from raymc.cluster import init_ray
-from raymc.config import PLACEMENT_SETTINGS, TrainConfig, add_config_arguments, build_config
-from raymc.data.pipeline import DataSpec, EpochClock, build_datasets, data_spec, read_dataset_info
+from raymc.config import (
+    PLACEMENT_SETTINGS,
+    TrainConfig,
+    add_config_arguments,
+    add_seed_script_arguments,
+    build_config,
+)
+from raymc.data.pipeline import DataSource, DataSpec, EpochClock, build_datasets, data_spec, dataset_info
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, RaymcError
 from raymc.loop import steps_per_epoch, train_loop_per_worker
@@ -132,7 +138,7 @@ def default_run_config(name: str, storage: str, **kwargs: Any) -> RunConfig:
 
 
 def make_trainer(
-    config: TrainConfig, *, folder: str, spec: DataSpec, resources: WorkerResources, run_config: RunConfig
+    config: TrainConfig, *, source: DataSource, spec: DataSpec, resources: WorkerResources, run_config: RunConfig
 ) -> TorchTrainer:
     """The TorchTrainer for one run; raymc.tune builds one per trial with its own RunConfig."""
     clock = EpochClock.remote()
@@ -146,7 +152,7 @@ def make_trainer(
             resources_per_worker={"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})},
         ),
         run_config=run_config,
-        datasets=build_datasets(folder, spec, config, clock),
+        datasets=build_datasets(source, spec, config, clock),
         dataset_config=ExactValidationDataConfig(),
     )
 
@@ -164,6 +170,7 @@ def _summary(config: TrainConfig, spec: DataSpec, best: dict[str, Any], history:
     return {
         "model": config.model,
         "data": config.data or "demo-nyu",
+        "dataset": config.dataset,
         "classes": list(spec.classes),
         "num_train": spec.num_train,
         "num_val": spec.num_val,
@@ -206,14 +213,14 @@ def run_training(config: TrainConfig) -> TrainingResult:
     """Everything `python -m raymc.train` does after parsing flags; also the Python API's core."""
     started = time.perf_counter()
     init_ray()
-    folder = resolve_data(config)
-    spec = data_spec(read_dataset_info(folder))
+    config, source = resolve_data(config)
+    spec = data_spec(dataset_info(source))
     _check_batch_fits(config, spec)
     storage, name = _storage_path(config.out), config.run_name()
     check_resumable(config, storage, name)
     resources = worker_resources(config)
     logger.info("run %s/%s on %d workers (%s CPU, %s GPU each)", storage, name, resources.num_workers, resources.cpus, resources.gpus)
-    trainer = make_trainer(config, folder=folder, spec=spec, resources=resources, run_config=default_run_config(name, storage))
+    trainer = make_trainer(config, source=source, spec=spec, resources=resources, run_config=default_run_config(name, storage))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -230,6 +237,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML file of settings (same names as the flags; flags win)")
     add_config_arguments(parser)
+    add_seed_script_arguments(parser)
     return parser
 
 

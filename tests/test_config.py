@@ -109,3 +109,34 @@ def test_help_documents_every_setting(capsys):
     for name in TrainConfig.__dataclass_fields__:
         flag = "--" + name.replace("_", "-")
         assert flag in text or f"--no-{name.replace('_', '-')}" in text, flag
+
+
+SEED_COMMAND = (
+    "--dataset imagenet --data_dir /data/imagenet --out ./results --depth 101 --sd 1 --pL 0.5 --epochs 120 "
+    "--batch 256 --mixup 0.2 --label_smoothing 0.1 --weight_decay 1e-4 --no_mixed_precision --cache --seed 42"
+)
+
+
+def test_the_seed_scripts_command_line_works():
+    config = parse(SEED_COMMAND.split())
+    assert (config.data, config.dataset, config.model, config.pL) == ("/data/imagenet", "imagenet", "sd_resnet101", 0.5)
+    assert (config.epochs, config.batch, config.mixup, config.label_smoothing) == (120, 256, 0.2, 0.1)
+    assert config.cache and not config.mixed_precision and config.seed == 42
+    assert config.base_lr == pytest.approx(0.1) and config.warmup_epochs == 5 and config.min_lr == 1e-6
+    dashed = parse(SEED_COMMAND.replace("_", "-").replace("--data-dir", "--data-dir").split())
+    assert dashed == config
+
+
+def test_seed_script_depth_without_sd_turns_stochastic_depth_off():
+    assert parse(["--data", "x", "--depth", "50"]).pL == 1.0
+    assert parse(["--data", "x", "--depth", "50", "--sd", "0", "--pL", "0.5"]).pL == 1.0
+    assert parse(["--data", "x", "--depth", "152", "--sd", "1"]).model == "sd_resnet152"
+
+
+def test_seed_script_flags_that_contradict_ours_are_refused():
+    with pytest.raises(ConfigError, match="--depth 50"):
+        parse(["--depth", "50", "--model", "sd_resnet101"])
+    with pytest.raises(ConfigError, match="--data-dir"):
+        parse(["--data_dir", "a", "--data", "b"])
+    with pytest.raises(ConfigError, match="--pL"):
+        parse(["--pL", "1.5"])

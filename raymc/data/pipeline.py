@@ -20,14 +20,23 @@ from ray.data.expressions import col
 
 from raymc.config import TrainConfig
 from raymc.data.augment import augment_batch, eval_batch
-from raymc.errors import DataError
+from raymc.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_SPLIT, VAL_SPLIT = "train", "test"
+TRAIN_SPLIT = "train"
 # Rows per preprocessing call: small enough that batches stream to the workers while a block is
 # still being processed, large enough to amortize the per-call overhead.
 PREPROCESS_BATCH = 32
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training data is and in which form."""
+
+    kind: str  # "nyu" or "imagenet"
+    location: str  # local path or URI
+    prepared: bool  # a raymc.prepare Parquet folder (else an ImageFolder tree)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class DataSpec:
     streams: tuple[StreamSpec, ...]
     num_train: int
     num_val: int
+    val_split: str = "test"
 
     @property
     def num_classes(self) -> int:
@@ -87,8 +97,22 @@ def _as_uri(folder: str) -> str:
     return folder if "://" in folder else str(Path(folder).expanduser().resolve())
 
 
+def dataset_info(source: DataSource) -> dict[str, Any]:
+    """dataset_info.json of a prepared folder, or the same facts scanned from an ImageFolder."""
+    if source.prepared:
+        return read_dataset_info(source.location)
+    from raymc.data import imagenet  # TODO(lead): top-level import once imagenet.py lands
+
+    return imagenet.folder_info(imagenet.scan_image_folder(source.location))
+
+
+def val_split(info: dict[str, Any]) -> str:
+    """NYU calls its held-out split "test", ImageNet "val"."""
+    return "val" if "val" in info["counts"] else "test"
+
+
 def data_spec(info: dict[str, Any]) -> DataSpec:
-    """The streams and class list a prepared folder provides."""
+    """The streams and class list a data set provides."""
     try:
         counts = info["counts"]
         streams = [StreamSpec("rgb", IMAGENET_MEAN, IMAGENET_STD, scale=255.0)]
@@ -98,7 +122,8 @@ def data_spec(info: dict[str, Any]) -> DataSpec:
             classes=tuple(info["classes"]),
             streams=tuple(streams),
             num_train=sum(counts.get(TRAIN_SPLIT, {}).values()),
-            num_val=sum(counts.get(VAL_SPLIT, {}).values()),
+            num_val=sum(counts.get(val_split(info), {}).values()),
+            val_split=val_split(info),
         )
     except KeyError as exc:
         raise DataError(f"dataset_info.json lacks key {exc}; prepare the data again with raymc.prepare") from None
@@ -109,35 +134,64 @@ def _train_view(batch: dict[str, np.ndarray], *, clock, seed: int, image_size: i
     return augment_batch(batch, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
 
 
-def build_datasets(
-    folder: str, spec: DataSpec, config: TrainConfig, clock: ray.actor.ActorHandle
-) -> dict[str, ray.data.Dataset]:
-    """{"train": augmented training rows, "val": centre-cropped test rows} from a prepared folder."""
-    columns = ["label", "index", "split", *(s.column for s in spec.streams)]
-    source = ray.data.read_parquet(_as_uri(folder), shuffle=FileShuffleConfig(seed=config.seed))
-    train = source.select_columns(columns).filter(expr=col("split") == TRAIN_SPLIT).map_batches(
-        _train_view,
-        fn_kwargs={
-            "clock": clock,
-            "seed": config.seed,
-            "image_size": config.image_size,
-            "crop_scale": config.crop_scale,
-        },
-        batch_format="numpy",
-        batch_size=PREPROCESS_BATCH,
-    )
-    val = (
-        ray.data.read_parquet(_as_uri(folder))
-        .select_columns(columns)
-        .filter(expr=col("split") == VAL_SPLIT)
-        .map_batches(
-            eval_batch,
-            fn_kwargs={"image_size": config.image_size, "resize": config.val_resize},
+def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
+    """One split's rows as {rgb, [depth], label, index}, decoded where the source holds encoded images."""
+    if source.kind == "imagenet":
+        from raymc.data import imagenet  # TODO(lead): top-level import once imagenet.py lands
+    if not source.prepared:
+        rows = imagenet.image_folder_dataset(imagenet.scan_image_folder(source.location), split)
+    else:
+        shuffle = FileShuffleConfig(seed=config.seed) if split == TRAIN_SPLIT else None
+        columns = ["label", "index", "split", *(s.column for s in spec.streams)]
+        if source.kind == "imagenet":
+            columns = ["label", "index", "split", "image"]
+        rows = ray.data.read_parquet(_as_uri(source.location), shuffle=shuffle).select_columns(columns)
+        rows = rows.filter(expr=col("split") == split)
+    if source.kind == "imagenet":
+        rows = rows.map_batches(
+            imagenet.decode_batch,
+            fn_kwargs={"on_bad_image": config.on_bad_image, "draft_size": config.image_size},
             batch_format="numpy",
             batch_size=PREPROCESS_BATCH,
         )
+    return rows
+
+
+def build_datasets(
+    source: DataSource, spec: DataSpec, config: TrainConfig, clock: ray.actor.ActorHandle
+) -> dict[str, ray.data.Dataset]:
+    """{"train": augmented training rows, "val": centre-cropped validation rows}."""
+    train = _rows(source, spec, TRAIN_SPLIT, config)
+    if config.cache:
+        train = cache_in_object_store(train, spec)
+    train = train.map_batches(
+        _train_view,
+        fn_kwargs={"clock": clock, "seed": config.seed, "image_size": config.image_size, "crop_scale": config.crop_scale},
+        batch_format="numpy",
+        batch_size=PREPROCESS_BATCH,
+    )
+    val = _rows(source, spec, spec.val_split, config).map_batches(
+        eval_batch,
+        fn_kwargs={"image_size": config.image_size, "resize": config.val_resize},
+        batch_format="numpy",
+        batch_size=PREPROCESS_BATCH,
     )
     return {"train": train, "val": val}
+
+
+def cache_in_object_store(rows: ray.data.Dataset, spec: DataSpec) -> ray.data.Dataset:
+    """Materialize the decoded training rows once; refuse up front when they cannot fit."""
+    available = ray.cluster_resources().get("object_store_memory", 0)
+    sample = rows.take(min(16, spec.num_train))
+    per_row = np.mean([sum(np.asarray(v).nbytes for v in row.values()) for row in sample]) if sample else 0
+    needed = per_row * spec.num_train
+    if needed > 0.8 * available:
+        raise ConfigError(
+            f"--cache needs about {needed / 2**30:.1f} GiB of Ray object store for {spec.num_train} decoded "
+            f"training images, but the cluster has {available / 2**30:.1f} GiB; drop --cache, or start Ray "
+            f"with a larger --object-store-memory (or more nodes)"
+        )
+    return rows.materialize()
 
 
 def to_model_inputs(

@@ -1,17 +1,24 @@
-"""Turn `--data` into a prepared Parquet folder: the cached demo set, a .mat prepared once, or as given."""
+"""Turn `--data` into something the pipeline reads: a prepared Parquet folder or an ImageFolder tree.
+
+The demo NYU set is made once and a .mat file is prepared once, both into the cache; prepared
+folders and ImageFolder trees are read where they are.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_nyu
 from raymc.data.nyu import prepared_nyu_cache
-from raymc.errors import DataError
+from raymc.data.pipeline import DataSource, read_dataset_info
+from raymc.errors import ConfigError, DataError
 
 DEMO_NYU_SAMPLES = 480
 DEMO_NYU_SEED = 0
+DEFAULT_MODELS = {"nyu": "mc_resnet18", "imagenet": "sd_resnet50"}
 
 
 def cache_root() -> Path:
@@ -30,20 +37,46 @@ def demo_nyu_mat() -> Path:
     return path
 
 
-def resolve_data(config: TrainConfig) -> str:
-    """The prepared folder (local path or URI) that training reads for this config."""
+def _prepared_mat(mat: Path, config: TrainConfig) -> DataSource:
+    splits = Path(config.splits).expanduser() if config.splits else None
+    folder = prepared_nyu_cache(mat, splits=splits, protocol=config.protocol, seed=config.seed, cache_dir=cache_root())
+    return DataSource("nyu", str(folder), prepared=True)
+
+
+def _find_source(config: TrainConfig) -> DataSource:
     if config.data is None:
-        return str(prepared_nyu_cache(demo_nyu_mat(), protocol=config.protocol, seed=config.seed, cache_dir=cache_root()))
+        return _prepared_mat(demo_nyu_mat(), config)
     if "://" in config.data:
-        return config.data
+        return DataSource(read_dataset_info(config.data).get("dataset", "nyu"), config.data, prepared=True)
     path = Path(config.data).expanduser()
     if not path.exists():
         raise DataError(f"--data {config.data}: no such file or folder")
     if path.is_file():
         if path.suffix.lower() != ".mat":
-            raise DataError(f"--data {config.data}: expected an NYU .mat file or a prepared Parquet folder")
-        splits = Path(config.splits).expanduser() if config.splits else None
-        return str(prepared_nyu_cache(path, splits=splits, protocol=config.protocol, seed=config.seed, cache_dir=cache_root()))
-    if config.splits:
-        raise DataError(f"--splits applies to a .mat file; {config.data} is already prepared (its split is fixed)")
-    return str(path.resolve())
+            raise DataError(f"--data {config.data}: expected an NYU .mat file, an ImageFolder or a prepared folder")
+        return _prepared_mat(path, config)
+    if (path / "dataset_info.json").is_file():
+        return DataSource(read_dataset_info(str(path)).get("dataset", "nyu"), str(path.resolve()), prepared=True)
+    if (path / "train").is_dir():
+        return DataSource("imagenet", str(path.resolve()), prepared=False)
+    raise DataError(
+        f"--data {config.data}: neither a prepared folder (no dataset_info.json) nor an ImageFolder "
+        f"(no train/ folder); prepare it with `python -m raymc.prepare` or point at the right folder"
+    )
+
+
+def resolve_data(config: TrainConfig) -> tuple[TrainConfig, DataSource]:
+    """Locate the data and fill the settings that depend on it (dataset kind, default model)."""
+    source = _find_source(config)
+    if config.splits and config.data and not config.data.lower().endswith(".mat"):
+        raise DataError(f"--splits applies to an NYU .mat file; {config.data} already has its split")
+    if config.dataset not in ("auto", source.kind):
+        raise ConfigError(f"--dataset {config.dataset}, but --data {config.data} holds {source.kind} data")
+    model = config.model or DEFAULT_MODELS[source.kind]
+    streams_needed = 2 if source.kind == "nyu" else 1
+    if (2 if model.startswith("mc_") else 1) != streams_needed:
+        raise ConfigError(
+            f"--model {model} does not fit {source.kind} data ({streams_needed} input stream(s)); "
+            f"use {'an mc_resnet' if streams_needed == 2 else 'an sd_resnet'} model"
+        )
+    return dataclasses.replace(config, dataset=source.kind, model=model), source

@@ -1,12 +1,20 @@
-"""--data resolution: demo set made once, .mat prepared once, folders as given, bad paths named."""
+"""--data resolution: demo set made once, .mat prepared once, folders detected, bad paths named."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from raymc.config import TrainConfig
 from raymc.data import sources
-from raymc.errors import DataError
+from raymc.errors import ConfigError, DataError
+
+
+def prepared_folder(path, dataset: str):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dataset_info.json").write_text(json.dumps({"dataset": dataset, "classes": [], "counts": {}}))
+    return path
 
 
 def test_missing_path_and_wrong_file_type_name_the_flag(tmp_path):
@@ -16,16 +24,31 @@ def test_missing_path_and_wrong_file_type_name_the_flag(tmp_path):
     text.write_text("hi")
     with pytest.raises(DataError, match="--data .*expected an NYU .mat"):
         sources.resolve_data(TrainConfig(data=str(text)))
+    with pytest.raises(DataError, match="neither a prepared folder"):
+        sources.resolve_data(TrainConfig(data=str(tmp_path)))
 
 
-def test_splits_with_a_prepared_folder_is_refused(tmp_path):
+def test_prepared_folders_are_detected_with_their_default_model(tmp_path):
+    config, source = sources.resolve_data(TrainConfig(data=str(prepared_folder(tmp_path / "n", "nyu"))))
+    assert (source.kind, source.prepared, config.model, config.dataset) == ("nyu", True, "mc_resnet18", "nyu")
+    config, source = sources.resolve_data(TrainConfig(data=str(prepared_folder(tmp_path / "i", "imagenet"))))
+    assert (source.kind, config.model) == ("imagenet", "sd_resnet50")
+
+
+def test_image_folder_is_detected(tmp_path):
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    config, source = sources.resolve_data(TrainConfig(data=str(tmp_path), model="sd_resnet101"))
+    assert (source.kind, source.prepared, config.model) == ("imagenet", False, "sd_resnet101")
+
+
+def test_contradictions_are_refused(tmp_path):
+    nyu = str(prepared_folder(tmp_path / "n", "nyu"))
+    with pytest.raises(ConfigError, match="--dataset imagenet"):
+        sources.resolve_data(TrainConfig(data=nyu, dataset="imagenet"))
+    with pytest.raises(ConfigError, match="--model sd_resnet50 does not fit nyu"):
+        sources.resolve_data(TrainConfig(data=nyu, model="sd_resnet50"))
     with pytest.raises(DataError, match="--splits"):
-        sources.resolve_data(TrainConfig(data=str(tmp_path), splits="splits.mat"))
-
-
-def test_prepared_folder_and_uri_pass_through(tmp_path):
-    assert sources.resolve_data(TrainConfig(data=str(tmp_path))) == str(tmp_path.resolve())
-    assert sources.resolve_data(TrainConfig(data="s3://bucket/nyu10")) == "s3://bucket/nyu10"
+        sources.resolve_data(TrainConfig(data=nyu, splits="splits.mat"))
 
 
 def test_demo_mat_is_written_once(tmp_path, monkeypatch):
