@@ -16,13 +16,17 @@ import torch
 STATE_FILE = "state.pt"
 BEST_MODEL_FILE = "best_model.pt"
 HISTORY_FILE = "history.json"
+PROGRESS_FILE = "progress.json"
 
 
-def save(folder: str | Path, *, state: dict[str, Any], best_model: dict[str, Any], history: list[dict]) -> None:
+def save(
+    folder: str | Path, *, state: dict[str, Any], best_model: dict[str, Any], history: list[dict], progress: dict
+) -> None:
     folder = Path(folder)
     torch.save(state, folder / STATE_FILE)
     torch.save(best_model, folder / BEST_MODEL_FILE)
     (folder / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    (folder / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
 def load_state(folder: str | Path) -> dict[str, Any]:
@@ -35,3 +39,8 @@ def load_best_model(folder: str | Path) -> dict[str, Any]:
 
 def load_history(folder: str | Path) -> list[dict]:
     return json.loads((Path(folder) / HISTORY_FILE).read_text())
+
+
+def load_progress(folder: str | Path) -> dict[str, Any]:
+    """{"epoch": complete epochs, "steps_done": steps into the next, "stopped_early": bool}."""
+    return json.loads((Path(folder) / PROGRESS_FILE).read_text())

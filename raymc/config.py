@@ -119,13 +119,19 @@ class TrainConfig:
     min_delta: float = setting(0.0, "smallest change of --monitor that counts as improvement", group="early stopping")
 
     # resources
-    num_workers: int = setting(2, "Ray Train workers (one per GPU on a GPU cluster)", group="resources")
+    num_workers: int | None = setting(
+        None, "Ray Train workers (default: one per GPU on a GPU cluster, else 2)", group="resources"
+    )
     gpus_per_worker: float | None = setting(
         None, "GPUs per worker (default: 1 if the cluster has GPUs, else 0)", group="resources"
     )
     cpus_per_worker: float | None = setting(
         None, "CPUs per worker (default: half the cluster's CPUs shared by the workers, the rest "
         "left to Ray Data preprocessing)", group="resources",
+    )
+
+    max_failures: int = setting(
+        0, "restart from the newest checkpoint after up to this many worker or node failures", group="resources"
     )
 
     # run
@@ -166,7 +172,7 @@ class TrainConfig:
 
 # Settings that say where and on what a run executes, not what it learns: a run may resume with
 # other values of these.
-PLACEMENT_SETTINGS = ("out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker")
+PLACEMENT_SETTINGS = ("out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures")
 
 # Settings the demo run uses unless the user sets them: small images, few epochs, fast on 2 CPUs.
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -317,7 +323,7 @@ def validate(config: TrainConfig) -> None:
     """Reject settings that cannot work, naming the flag and the fix."""
     positive = ("epochs", "batch", "num_workers", "grad_accum_steps", "image_size")
     for name in positive:
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{flag_names(name)[0]} must be at least 1, got {getattr(config, name)}")
     for name in ("lr", "stream1_lr", "stream2_lr", "grad_clip_norm", "cpus_per_worker"):
         value = getattr(config, name)
@@ -336,11 +342,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--patience must be at least 1 (leave it out to turn early stopping off), got {config.patience}")
     if config.gpus_per_worker is not None and config.gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must not be negative, got {config.gpus_per_worker}")
-    if config.batch % config.num_workers:
-        raise ConfigError(
-            f"--batch {config.batch} does not split evenly across --num-workers {config.num_workers}: "
-            f"use a multiple of {config.num_workers}"
-        )
+    if config.max_failures < 0:
+        raise ConfigError(f"--max-failures must not be negative, got {config.max_failures}")
+    if config.name is not None and (not config.name or config.name in (".", "..") or any(c in config.name for c in "/\\")):
+        raise ConfigError(f"--name {config.name!r} must be a plain folder name (no '/', '\\', '.' or '..')")
     if config.val_resize is not None and config.val_resize < config.image_size:
         raise ConfigError(f"--val-resize {config.val_resize} must be at least --image-size {config.image_size}")
     if config.pL is not None and not 0 < config.pL <= 1:

@@ -14,6 +14,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,12 @@ from raymc.early_stopping import EarlyStopping
 from raymc.metrics import confusion_matrix, mean_class_accuracy, topk_correct
 from raymc.models import build_model
 from raymc.optim import build_optimizer, build_scheduler
+from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
+
+# How often (in steps) every rank asks Ray Train about imminent node preemption; it is a barrier.
+PREEMPTION_CHECK_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,21 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+class Diverged(Exception):
+    """The training loss stopped being finite; raised on every rank at the same step."""
+
+    def __init__(self, *, epoch: int, step: int) -> None:
+        super().__init__(f"the training loss is not finite at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+def _check_finite(loss: torch.Tensor, *, epoch: int, step: int) -> None:
+    """Stop every rank at once when any rank's loss is NaN or infinite."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if _all_reduce(bad).item() > 0:
+        raise Diverged(epoch=epoch, step=step)
+
+
 def _setup_progress_logging() -> None:
     """One plain line per epoch on the worker's stdout, which Ray forwards to the driver."""
     if not logger.handlers:
@@ -106,8 +126,17 @@ def train_one_epoch(
     device: torch.device,
     num_steps: int,
     epoch: int,
+    first_step: int = 0,
+    telemetry: TrainingTelemetry,
+    on_preemption: Callable[[int], None],
 ) -> dict[str, float]:
-    """One pass over this worker's shard; returns globally reduced loss, accuracy and data wait."""
+    """One pass over this worker's shard; returns globally reduced loss, accuracy and data wait.
+
+    Starts at `first_step` when resuming inside an epoch. Raises Diverged, on every rank at the
+    same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
+    losses and are not divergence). Every PREEMPTION_CHECK_STEPS steps it asks Ray Train whether
+    a node is about to be preempted and, if so, calls on_preemption(steps done) once.
+    """
     model.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     per_worker_batch = config.batch // ray.train.get_context().get_world_size()
@@ -121,10 +150,12 @@ def train_one_epoch(
     data_wait = 0.0
     optimizer.zero_grad(set_to_none=True)
     iterator = iter(batches)
-    for step in range(num_steps):
+    preemption_saved = False
+    for step in range(first_step, num_steps):
         wait_start = time.perf_counter()
         batch = next(iterator, None)
-        data_wait += time.perf_counter() - wait_start
+        step_wait = time.perf_counter() - wait_start
+        data_wait += step_wait
         if batch is None:  # fewer rows than planned: undecodable images were skipped
             break
         inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
@@ -138,6 +169,7 @@ def train_one_epoch(
             with precision.autocast(device):
                 logits = model(*inputs)
                 loss = loss_fn(logits.float(), targets)
+            _check_finite(loss, epoch=epoch, step=step + 1)
             scaler.scale(loss / config.grad_accum_steps).backward()
         if sync_now:
             if config.grad_clip_norm:
@@ -151,6 +183,14 @@ def train_one_epoch(
             [loss.detach().double() * labels.shape[0], (logits.argmax(1) == labels).sum().double(),
              torch.tensor(labels.shape[0], device=device, dtype=torch.float64)]
         )
+        telemetry.record_step(
+            loss=loss.item(), lr=optimizer.param_groups[-1]["lr"], data_wait_s=step_wait,
+            images=labels.shape[0], step_s=time.perf_counter() - wait_start,
+        )
+        if (step + 1) % PREEMPTION_CHECK_STEPS == 0 and not preemption_saved:
+            if ray.train.get_preemption_info() is not None:
+                on_preemption(step + 1)
+                preemption_saved = True
     # Leave the iterator exhausted so Ray Data finishes this epoch's execution cleanly.
     for _ in iterator:
         pass
@@ -227,7 +267,7 @@ def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: boo
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. loop_config: {"config": TrainConfig dict, "spec": DataSpec,
-    "clock": EpochClock handle, "threads": torch threads per worker}."""
+    "clock": EpochClock handle, "threads": torch threads per worker, "run_name": str}."""
     config = TrainConfig(**loop_config["config"])
     spec: DataSpec = loop_config["spec"]
     clock = loop_config["clock"]
@@ -236,6 +276,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(loop_config["threads"])
     _setup_progress_logging()
     device = ray.train.torch.get_device()
+    telemetry = TrainingTelemetry(run=loop_config["run_name"], rank=rank)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     core = build_model(config.model, **model_kwargs(config, spec.num_classes))
@@ -253,7 +294,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stopper = EarlyStopping(config.monitor, config.patience, config.min_delta)
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {}
-    start_epoch = 1
+    start_epoch, first_step = 1, 0
 
     resume_from = ray.train.get_checkpoint()
     if resume_from:
@@ -266,9 +307,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         stopper = EarlyStopping(**state["early_stopping"])
-        start_epoch = state["epoch"] + 1
+        start_epoch, first_step = state["epoch"] + 1, state["steps_done"]
         if rank == 0:
-            logger.info("resumed from the checkpoint of epoch %d", state["epoch"])
+            logger.info("resumed from the checkpoint of epoch %d (+%d steps)", state["epoch"], first_step)
+
+    def save_and_report(report: dict[str, float], *, epoch: int, steps_done: int = 0) -> None:
+        """Report metrics from every rank; rank 0 attaches the checkpoint (state after `epoch`
+        complete epochs plus `steps_done` steps of the next one)."""
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                state = {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "steps_done": steps_done,
+                    "early_stopping": stopper.state_dict(),
+                }
+                progress = {"epoch": epoch, "steps_done": steps_done, "stopped_early": stopper.should_stop}
+                checkpoint.save(folder, state=state, best_model=best, history=history, progress=progress)
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            name = f"checkpoint_epoch_{epoch:04d}" + (f"_step_{steps_done:06d}" if steps_done else "")
+            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=name)
+
+    def save_before_preemption(steps_done: int) -> None:
+        if rank == 0:
+            logger.info("a node is about to be preempted: checkpointing after %d steps of the epoch", steps_done)
+        last = history[-1] if history else {"epoch": epoch - 1}
+        save_and_report({**last, "best_epoch": stopper.best_epoch}, epoch=epoch - 1, steps_done=steps_done)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -276,11 +344,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if stopper.should_stop:
             break
         ray.get(clock.set.remote(epoch))
+        telemetry.record_epoch(epoch)
         started = time.perf_counter()
-        train_metrics = train_one_epoch(
-            model, train_shard, spec=spec, config=config, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler, precision=precision, device=device, num_steps=num_steps, epoch=epoch,
-        )
+        try:
+            train_metrics = train_one_epoch(
+                model, train_shard, spec=spec, config=config, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, precision=precision, device=device, num_steps=num_steps, epoch=epoch,
+                first_step=first_step, telemetry=telemetry, on_preemption=save_before_preemption,
+            )
+        except Diverged as diverged:
+            if rank == 0:
+                logger.error(
+                    "stopping: %s; the last good checkpoint is that of epoch %d", diverged, epoch - 1
+                )
+            return
         train_time = time.perf_counter() - started
         val_metrics, evaluation = validate(model, val_shard, spec=spec, config=config, precision=precision, device=device)
         metrics = {
@@ -289,8 +366,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             **val_metrics,
             "lr": optimizer.param_groups[-1]["lr"],
             "epoch_time_s": time.perf_counter() - started,
-            "images_per_s": num_steps * config.batch / train_time,
+            "images_per_s": (num_steps - first_step) * config.batch / train_time,
         }
+        first_step = 0
         improved = stopper.update(metrics, epoch)
         history.append(metrics)
         if improved:
@@ -305,22 +383,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "metrics": metrics,
                 **evaluation,
             }
-        report = {**metrics, "best_epoch": stopper.best_epoch, f"best_{config.monitor}": stopper.best}
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                state = {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "early_stopping": stopper.state_dict(),
-                }
-                checkpoint.save(folder, state=state, best_model=best, history=history)
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-                _log_epoch(epoch, config.epochs, metrics, improved)
-            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+        if rank == 0:
+            _log_epoch(epoch, config.epochs, metrics, improved)
+        save_and_report(
+            {**metrics, "best_epoch": stopper.best_epoch, f"best_{config.monitor}": stopper.best}, epoch=epoch
+        )
     if rank == 0 and stopper.should_stop:
         logger.info(
             "early stopping: %s did not improve for %d epochs; best %.4f at epoch %d",

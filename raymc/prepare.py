@@ -2,6 +2,8 @@
 
     python -m raymc.prepare nyu --mat nyu_depth_v2_labeled.mat [--splits splits.mat] --out DIR
     python -m raymc.prepare demo-nyu --out demo.mat [--n 480] [--seed 0]
+    python -m raymc.prepare imagenet --data-dir DIR --out OUT [--max-side N] [--on-bad-image skip]
+    python -m raymc.prepare demo-imagenet --out DIR [--classes 10] [--per-class 20]
 
 Every flag accepts dashes or underscores (--test-fraction or --test_fraction).
 Each subcommand is one `_add_<name>_parser` function whose parser sets `func`, the runner.
@@ -14,7 +16,8 @@ import logging
 import sys
 
 from raymc.config import flag_names
-from raymc.data.demo import write_demo_nyu
+from raymc.data.demo import write_demo_imagenet, write_demo_nyu
+from raymc.data.imagenet import BAD_IMAGE_POLICIES, BAD_IMAGES_FILE, prepare_imagenet
 from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS, prepare_nyu
 from raymc.errors import RaymcError
 
@@ -27,6 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_nyu_parser(subparsers)
     _add_demo_nyu_parser(subparsers)
+    _add_imagenet_parser(subparsers)
+    _add_demo_imagenet_parser(subparsers)
     return parser
 
 
@@ -72,6 +77,50 @@ def _add_demo_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_demo_nyu)
 
 
+def _add_imagenet_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`imagenet`: ImageFolder train/ + val/ -> Parquet shards + dataset_info.json."""
+    p = subparsers.add_parser("imagenet", help="ImageNet ImageFolder -> Parquet shards")
+    p.add_argument(
+        *flag_names("data_dir"),
+        dest="data_dir",
+        required=True,
+        help="folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG",
+    )
+    p.add_argument(
+        *flag_names("max_side"),
+        dest="max_side",
+        type=int,
+        default=None,
+        help="scale images down to this many pixels on the long side (JPEG quality 90); "
+        "default: keep the original images",
+    )
+    p.add_argument(
+        *flag_names("on_bad_image"),
+        dest="on_bad_image",
+        default="skip",
+        choices=BAD_IMAGE_POLICIES,
+        help=f"truncated, undecodable or non-image files: skip (listed in {BAD_IMAGES_FILE}) "
+        "or fail (stop, naming the file)",
+    )
+    p.add_argument(*flag_names("out"), required=True, help="output folder")
+    p.add_argument(*flag_names("overwrite"), action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_imagenet)
+
+
+def _add_demo_imagenet_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`demo-imagenet`: a small learnable ImageFolder with ImageNet's odd and bad files."""
+    p = subparsers.add_parser("demo-imagenet", help="write a small demo ImageNet ImageFolder")
+    p.add_argument(*flag_names("out"), required=True, help="the folder to write")
+    p.add_argument(*flag_names("classes"), type=int, default=10, help="number of classes")
+    p.add_argument(*flag_names("per_class"), dest="per_class", type=int, default=20)
+    p.add_argument(*flag_names("val_per_class"), dest="val_per_class", type=int, default=5)
+    p.add_argument(*flag_names("seed"), type=int, default=0)
+    p.add_argument(*flag_names("width"), type=int, default=160, help="mean image width (+-20%%)")
+    p.add_argument(*flag_names("height"), type=int, default=120, help="mean image height (+-20%%)")
+    p.add_argument(*flag_names("quality"), type=int, default=90, help="JPEG quality")
+    p.set_defaults(func=_run_demo_imagenet)
+
+
 def _run_nyu(args: argparse.Namespace) -> None:
     """Prepare NYU and print the counts per split."""
     info = prepare_nyu(
@@ -97,6 +146,39 @@ def _run_demo_nyu(args: argparse.Namespace) -> None:
     """Write the demo .mat and say where."""
     path = write_demo_nyu(args.out, n=args.n, seed=args.seed, height=args.height, width=args.width)
     print(f"wrote a demo NYU Depth V2 file ({args.n} frames, {args.height}x{args.width}) to {path}")
+
+
+def _run_imagenet(args: argparse.Namespace) -> None:
+    """Prepare ImageNet and print the counts per split and the bad files left out."""
+    info = prepare_imagenet(
+        args.data_dir,
+        args.out,
+        max_side=args.max_side,
+        on_bad_image=args.on_bad_image,
+        overwrite=args.overwrite,
+    )
+    print(f"prepared {info['num_samples']} images of {len(info['classes'])} classes in {args.out}")
+    for split, counts in info["counts"].items():
+        print(f"  {split:5s} {sum(counts.values()):8d}")
+    if info["bad_images"]:
+        print(f"left out {info['bad_images']} bad files, listed in {args.out}/{BAD_IMAGES_FILE}")
+
+
+def _run_demo_imagenet(args: argparse.Namespace) -> None:
+    """Write the demo ImageFolder and say where."""
+    path = write_demo_imagenet(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+        image_size=(args.width, args.height),
+        quality=args.quality,
+    )
+    print(
+        f"wrote a demo ImageNet folder ({args.classes} classes, {args.per_class} train and "
+        f"{args.val_per_class} val images per class) to {path}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

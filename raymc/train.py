@@ -81,16 +81,23 @@ class WorkerResources:
 
 
 def worker_resources(config: TrainConfig) -> WorkerResources:
-    """One worker per requested slot; by default half the CPUs stay with Ray Data preprocessing."""
+    """One worker per GPU on a GPU cluster (else 2); by default half the CPUs stay with Ray Data."""
     cluster = ray.cluster_resources()
+    cluster_gpus = int(cluster.get("GPU", 0))
     gpus = config.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    num_workers = config.num_workers or (max(1, int(cluster_gpus // gpus)) if gpus else 2)
+    if config.batch % num_workers:
+        raise ConfigError(
+            f"--batch {config.batch} does not split evenly across {num_workers} workers: "
+            f"use a multiple of {num_workers} (or set --num-workers)"
+        )
     cpus = config.cpus_per_worker
     if cpus is None:
-        share = cluster.get("CPU", 1) / 2 / config.num_workers
+        share = cluster.get("CPU", 1) / 2 / num_workers
         cpus = math.floor(share) if share >= 1 else share
-    return WorkerResources(config.num_workers, cpus, gpus)
+    return WorkerResources(num_workers, cpus, gpus)
 
 
 def _storage_path(out: str) -> str:
@@ -125,13 +132,13 @@ def check_resumable(config: TrainConfig, storage: str, name: str) -> None:
         stream.write(json.dumps({"fingerprint": config.fingerprint(), "config": config.to_dict()}, indent=1).encode())
 
 
-def default_run_config(name: str, storage: str, **kwargs: Any) -> RunConfig:
+def default_run_config(name: str, storage: str, *, max_failures: int = 0, **kwargs: Any) -> RunConfig:
     """Ray Train run settings: newest checkpoint kept (it carries the best weights), quiet logs."""
     return RunConfig(
         name=name,
         storage_path=storage,
         checkpoint_config=CheckpointConfig(num_to_keep=1),
-        failure_config=FailureConfig(max_failures=0),
+        failure_config=FailureConfig(max_failures=max_failures),
         logging_config=LoggingConfig(log_level="WARNING"),
         **kwargs,
     )
@@ -145,7 +152,13 @@ def make_trainer(
     ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch lines say enough
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "spec": spec, "clock": clock, "threads": resources.torch_threads},
+        train_loop_config={
+            "config": config.to_dict(),
+            "spec": spec,
+            "clock": clock,
+            "threads": resources.torch_threads,
+            "run_name": run_config.name,
+        },
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.gpus > 0,
@@ -157,15 +170,17 @@ def make_trainer(
     )
 
 
-def _check_batch_fits(config: TrainConfig, spec: DataSpec) -> None:
-    if steps_per_epoch(spec.num_train, config.num_workers, config) < 1:
+def _check_batch_fits(config: TrainConfig, spec: DataSpec, num_workers: int) -> None:
+    if steps_per_epoch(spec.num_train, num_workers, config) < 1:
         raise ConfigError(
             f"--batch {config.batch} is larger than the {spec.num_train} training rows split across "
-            f"{config.num_workers} workers; use a smaller --batch"
+            f"{num_workers} workers; use a smaller --batch"
         )
 
 
-def _summary(config: TrainConfig, spec: DataSpec, best: dict[str, Any], history: list[dict], elapsed: float) -> dict:
+def _summary(
+    config: TrainConfig, spec: DataSpec, best: dict[str, Any], history: list[dict], elapsed: float, *, stopped_early: bool
+) -> dict:
     last = history[-1]
     return {
         "model": config.model,
@@ -176,7 +191,7 @@ def _summary(config: TrainConfig, spec: DataSpec, best: dict[str, Any], history:
         "num_val": spec.num_val,
         "epochs_run": len(history),
         "epochs": config.epochs,
-        "stopped_early": len(history) < config.epochs,
+        "stopped_early": stopped_early,
         "monitor": config.monitor,
         "best_epoch": best["epoch"],
         f"best_{config.monitor}": best["metrics"][config.monitor],
@@ -190,13 +205,23 @@ def _summary(config: TrainConfig, spec: DataSpec, best: dict[str, Any], history:
 
 
 def publish(config: TrainConfig, spec: DataSpec, result: ray.train.Result, storage: str, name: str, elapsed: float) -> TrainingResult:
-    """Write the run folder's files from the newest checkpoint (it carries history and best weights)."""
+    """Write the run folder's files from the newest checkpoint (it carries history and best weights).
+
+    A run whose loop ended before its last epoch without early stopping diverged: its finished
+    epochs are published, then RaymcError says so.
+    """
     if result.checkpoint is None:
-        raise RaymcError(f"run {name} reported no checkpoint; nothing to publish (see the log above)")
+        raise RaymcError(
+            f"run {name} ended before its first epoch finished, so there is no checkpoint to publish; "
+            f"the worker log above says why (e.g. a diverging loss: try a lower --lr)"
+        )
     with result.checkpoint.as_directory() as folder:
         best = checkpoint.load_best_model(folder)
         history = checkpoint.load_history(folder)
-    summary = _summary(config, spec, best, history, elapsed)
+        progress = checkpoint.load_progress(folder)
+    if not best:
+        raise RaymcError(f"run {name}: no epoch produced a finite {config.monitor}; nothing to publish")
+    summary = _summary(config, spec, best, history, elapsed, stopped_early=progress["stopped_early"])
     filesystem, run_path = _run_filesystem(storage, name)
     with tempfile.TemporaryDirectory() as staging:
         torch.save(best, Path(staging) / checkpoint.BEST_MODEL_FILE)
@@ -206,6 +231,12 @@ def publish(config: TrainConfig, spec: DataSpec, result: ray.train.Result, stora
         )
         pyarrow.fs.copy_files(staging, run_path, destination_filesystem=filesystem)
     run_dir = run_path if "://" not in storage else f"{storage.rstrip('/')}/{name}"
+    if len(history) < config.epochs and not progress["stopped_early"]:
+        raise RaymcError(
+            f"run {name} stopped after epoch {len(history)} of {config.epochs}: the training loss diverged "
+            f"(the worker log above names the step); epochs 1-{len(history)} are published in {run_dir} and "
+            f"its last good checkpoint stays there; lower --lr or set --grad-clip-norm and run again"
+        )
     return TrainingResult(run_dir=run_dir, summary=summary, history=history)
 
 
@@ -215,16 +246,21 @@ def run_training(config: TrainConfig) -> TrainingResult:
     init_ray()
     config, source = resolve_data(config)
     spec = data_spec(dataset_info(source))
-    _check_batch_fits(config, spec)
+    resources = worker_resources(config)
+    _check_batch_fits(config, spec, resources.num_workers)
     storage, name = _storage_path(config.out), config.run_name()
     check_resumable(config, storage, name)
-    resources = worker_resources(config)
     logger.info("run %s/%s on %d workers (%s CPU, %s GPU each)", storage, name, resources.num_workers, resources.cpus, resources.gpus)
-    trainer = make_trainer(config, source=source, spec=spec, resources=resources, run_config=default_run_config(name, storage))
+    trainer = make_trainer(config, source=source, spec=spec, resources=resources, run_config=default_run_config(name, storage, max_failures=config.max_failures))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise RaymcError(f"training run {name} failed: {exc}; its checkpoints in {storage}/{name} stay usable") from exc
+        logger.error("training run %s failed:\n%s", name, exc)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RaymcError(
+            f"training run {name} failed ({first_line}); its checkpoints in {storage}/{name} stay usable: "
+            f"run the same command again to resume, or add --max-failures N to restart automatically"
+        ) from exc
     return publish(config, spec, result, storage, name, time.perf_counter() - started)
 
 

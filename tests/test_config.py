@@ -73,7 +73,8 @@ def test_missing_yaml_file(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
-        (["--batch", "33", "--num-workers", "2"], "--batch"),
+        (["--name", "../escape"], "--name"),
+        (["--max-failures", "-1"], "--max-failures"),
         (["--epochs", "0"], "--epochs"),
         (["--label-smoothing", "1.5"], "--label-smoothing"),
         (["--lr", "-1"], "--lr"),

@@ -5,11 +5,17 @@ class c shows hue c // 2 and a back wall at distance c % 5, so RGB alone or dept
 at most ~50% of the classes apart and only the two streams together reach ~100%. The cues are
 global (a large tinted region, a wall distance), so they survive random-resized crops, flips and
 brightness / contrast / saturation jitter; hue jitter would destroy the colour cue.
+
+The demo ImageNet folder carries its class in a hue and a stripe direction (horizontal or
+vertical, which a horizontal flip keeps) over the whole image, and holds the real copies' quirks:
+a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG, a truncated JPEG and a non-image file.
 """
 
 from __future__ import annotations
 
 import colorsys
+import io
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from PIL import Image
 
 from raymc.data.nyu import OTHERS, PROTOCOLS, SCENE_TYPES
 from raymc.errors import ConfigError
@@ -290,3 +297,126 @@ def _write_header(path: Path) -> None:
     header = text + b"\x00" * 8 + struct.pack("<H", 0x0200) + b"IM"
     with open(path, "r+b") as f:
         f.write(header)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-style ImageFolder
+# --------------------------------------------------------------------------------------------
+
+SIZE_JITTER = 0.2  # each side of a demo image is image_size x U(0.8, 1.2)
+TRUNCATED_FRACTION = 0.6  # the truncated JPEG keeps this share of its bytes, like a cut download
+# What a failed image download saves under the image's name.
+NOT_AN_IMAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
+    b"<body><h1>Not Found</h1><p>This photo is no longer available.</p></body></html>\n"
+)
+
+
+@dataclass(frozen=True)
+class _Cue:
+    """A class's look: the hue of the whole image and the direction of its stripes."""
+
+    hue: float
+    vertical: bool
+
+
+def write_demo_imagenet(
+    out: str | os.PathLike,
+    *,
+    classes: int = 10,
+    per_class: int = 20,
+    val_per_class: int = 5,
+    seed: int = 0,
+    image_size: tuple[int, int] = (160, 120),
+    quality: int = 90,
+) -> Path:
+    """Write a small learnable ImageFolder `out/{train,val}/<wnid>/*.JPEG`; return `out`.
+
+    image_size is (width, height); each image varies by +-20% per side. Every class gets
+    per_class usable train images (one of them CMYK, one grayscale, one a PNG named .JPEG, in the
+    first three classes) and val_per_class val images; train also holds two bad files beyond
+    those: a truncated JPEG and an HTML page named .JPEG. The same seed gives the same bytes.
+    """
+    _check_demo_imagenet(classes, per_class, val_per_class, image_size, quality)
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    ids = 1_000_000 + rng.choice(14_000_000, classes, replace=False)  # like n01440764
+    wnids = sorted(f"n{n:08d}" for n in ids)
+    val_numbers = iter(rng.permutation(classes * val_per_class) + 1)
+    for label, wnid in enumerate(wnids):
+        cue = _Cue(hue=(label // 2) / math.ceil(classes / 2), vertical=label % 2 == 1)
+        train, val = out / "train" / wnid, out / "val" / wnid
+        train.mkdir(parents=True, exist_ok=True)
+        val.mkdir(parents=True, exist_ok=True)
+        numbers = sorted(rng.choice(50_000, per_class + 2, replace=False).tolist())
+        for k in range(per_class):
+            image = _render_image(cue, rng, image_size)
+            path = train / f"{wnid}_{numbers[k]}.JPEG"
+            _save_train_image(image, path, k * classes + label, quality)
+        for _ in range(val_per_class):
+            image = _render_image(cue, rng, image_size)
+            path = val / f"ILSVRC2012_val_{next(val_numbers):08d}.JPEG"
+            image.save(path, "JPEG", quality=quality)
+        if label == 3 % classes:
+            truncated = _jpeg_bytes(_render_image(cue, rng, image_size), quality)
+            cut = int(len(truncated) * TRUNCATED_FRACTION)
+            (train / f"{wnid}_{numbers[-2]}.JPEG").write_bytes(truncated[:cut])
+        if label == 4 % classes:
+            (train / f"{wnid}_{numbers[-1]}.JPEG").write_bytes(NOT_AN_IMAGE)
+    return out
+
+
+def _check_demo_imagenet(
+    classes: int, per_class: int, val_per_class: int, image_size: tuple[int, int], quality: int
+) -> None:
+    """Sizes the demo can be made with; three train images must exist to carry the odd modes."""
+    if classes < 1 or per_class < 1 or val_per_class < 0 or classes * per_class < 3:
+        raise ConfigError(
+            f"demo size classes={classes}, per_class={per_class}, val_per_class={val_per_class} "
+            "(keys 'classes', 'per_class', 'val_per_class') is too small; use classes >= 1, "
+            "per_class >= 1, val_per_class >= 0 and classes x per_class >= 3"
+        )
+    if min(image_size) < 16 or not 1 <= quality <= 100:
+        raise ConfigError(
+            f"demo image size {image_size} or quality {quality} (keys 'image_size', 'quality') is "
+            "out of range; use width, height >= 16 and quality 1..100"
+        )
+
+
+def _save_train_image(image: Image.Image, path: Path, position: int, quality: int) -> None:
+    """Train images 0, 1 and 2 (by class, then sample) are saved as CMYK JPEG, grayscale JPEG
+    and PNG, keeping the name .JPEG: usable images of their class in ImageNet's odd formats."""
+    if position == 0:
+        image.convert("CMYK").save(path, "JPEG", quality=quality)
+    elif position == 1:
+        image.convert("L").save(path, "JPEG", quality=quality)
+    elif position == 2:
+        image.save(path, "PNG")
+    else:
+        image.save(path, "JPEG", quality=quality)
+
+
+def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
+    """An image encoded as JPEG in memory."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _render_image(
+    cue: _Cue, rng: np.random.Generator, image_size: tuple[int, int]
+) -> Image.Image:
+    """Stripes of the class's hue in its direction under uneven light, one grey box, noise."""
+    width, height = (round(s * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)) for s in image_size)
+    period = min(width, height) * rng.uniform(0.15, 0.25)
+    across = np.arange(width)[None, :] if cue.vertical else np.arange(height)[:, None]
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * across / period + rng.uniform(0, 2 * np.pi))
+    value = (0.35 + 0.6 * stripes) * (1.0 + 0.1 * _smooth_noise(rng, height, width, cells=(3, 4)))
+    hue = (cue.hue + rng.normal(0.0, 0.01)) % 1.0
+    base = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.85), 1.0))
+    img = value[..., None] * base * 255.0
+    h, w = int(height * rng.uniform(0.15, 0.3)), int(width * rng.uniform(0.15, 0.3))
+    y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    img[y : y + h, x : x + w] = rng.uniform(60, 200)
+    img += rng.normal(0.0, 6.0, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))

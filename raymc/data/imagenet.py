@@ -1,0 +1,534 @@
+"""ImageNet (ILSVRC 2012) ImageFolder: reader, bad-image policy, decoding, preparation into Parquet.
+
+The layout is `DIR/train/<wnid>/*.JPEG` and `DIR/val/<wnid>/*.JPEG`; labels are the positions of
+the sorted train wnids (torchvision's ImageFolder order) and val uses the same mapping. Real copies
+hold a few CMYK and grayscale JPEGs, a PNG named `.JPEG`, and in users' copies truncated files and
+stray non-image files: decoding sniffs the content, converts every mode to RGB, forces a full
+decode so truncation is caught, and reports bad files by path and reason under the policy "skip"
+(leave them out, listed) or "fail" (stop, naming the file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from raymc.cluster import init_ray
+from raymc.data.folders import check_output_dir, commit_dir, staging_dir
+from raymc.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SPLITS: tuple[str, str] = ("train", "val")
+BAD_IMAGE_POLICIES: tuple[str, str] = ("skip", "fail")
+INFO_FILE = "dataset_info.json"
+BAD_IMAGES_FILE = "bad_images.csv"
+SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
+MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
+SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
+DATASET_BLOCK_ROWS = 1024  # rows per block of image_folder_dataset, so decoding runs in parallel
+RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
+CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG
+
+_LAYOUT = (
+    "expected the ImageFolder layout DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG "
+    "(sort a flat ImageNet val/ folder into <wnid> folders first, e.g. with valprep.sh)"
+)
+# What PIL raises on bad data, depending on the format plugin.
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError,
+)  # fmt: skip
+
+
+class BadImageError(DataError):
+    """A file in the data that is not a usable image: truncated, undecodable or not an image."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path}: bad image ({reason}); delete or replace the file, or leave bad images out "
+            "with --on-bad-image skip (on_bad_image='skip')"
+        )
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        """Pickle by (path, reason) so the error survives the trip out of a Ray task."""
+        return type(self), (self.path, self.reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning the ImageFolder tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One file of a split: absolute path, label, class folder, and its position in the split's
+    sorted file list (a stable id, unique within the split)."""
+
+    path: str
+    label: int
+    wnid: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ImageFolderIndex:
+    """Every file of train/ and val/ with its label, listed once before any image is read."""
+
+    root: Path
+    classes: tuple[str, ...]  # sorted train wnids: label i is classes[i]
+    rows: dict[str, list[ImageRow]]  # "train", "val" -> rows in sorted path order
+
+
+def scan_image_folder(data_dir: str | os.PathLike) -> ImageFolderIndex:
+    """List train/ and val/, label both by the sorted train class folders, and check val has no
+    class that train lacks. Every non-hidden file of a class folder is a row, images or not, so
+    that reading can report the bad ones instead of silently dropping them."""
+    root = Path(data_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: ImageNet folder not found (key 'data_dir'); {_LAYOUT}")
+    train_dir, val_dir = (_split_dir(root, split) for split in SPLITS)
+    classes = _class_folders(train_dir)
+    val_classes = _class_folders(val_dir)
+    unknown = sorted(set(val_classes) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{val_dir}: class folder(s) {', '.join(unknown[:5])} not in {train_dir} (key "
+            "'data_dir'); labels come from the train class folders, so every val wnid needs a "
+            "train folder: remove the extra val folder(s) or add the missing train class"
+        )
+    label_of = {wnid: label for label, wnid in enumerate(classes)}
+    rows = {
+        "train": _scan_split(train_dir, classes, label_of),
+        "val": _scan_split(val_dir, val_classes, label_of),
+    }
+    if not rows["train"]:
+        raise DataError(f"{train_dir}: the class folders hold no files (key 'data_dir'); {_LAYOUT}")
+    return ImageFolderIndex(root=root, classes=classes, rows=rows)
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    """DIR/train or DIR/val, which must exist as folders."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {split}/ folder not found (key 'data_dir'); {_LAYOUT}")
+    return folder
+
+
+def _class_folders(split_dir: Path) -> tuple[str, ...]:
+    """The sorted, non-hidden sub-folders of a split; a split without any is not ImageFolder."""
+    entries = list(os.scandir(split_dir))
+    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        loose = sum(1 for e in entries if e.is_file())
+        raise DataError(
+            f"{split_dir}: no class folders, {loose} loose file(s) (key 'data_dir'); {_LAYOUT}"
+        )
+    return tuple(names)
+
+
+def _scan_split(
+    split_dir: Path, wnids: tuple[str, ...], label_of: dict[str, int]
+) -> list[ImageRow]:
+    """Rows of one split in sorted path order (walking nested folders, as torchvision does);
+    hidden files and folders (.DS_Store, ._* resource forks) are system files, not samples."""
+    found: list[tuple[str, str]] = []
+    for wnid in wnids:
+        for folder, dirs, files in os.walk(split_dir / wnid, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend((os.path.join(folder, f), wnid) for f in files if not f.startswith("."))
+    found.sort()
+    return [ImageRow(path=p, label=label_of[w], wnid=w, index=i) for i, (p, w) in enumerate(found)]
+
+
+def image_folder_dataset(index: ImageFolderIndex, split: str) -> ray.data.Dataset:
+    """The rows of one split as a Ray Dataset {path, label, wnid, index, split}, in several
+    blocks so that `map_batches(decode_batch)` runs in parallel; rows come in sorted (class by
+    class) order, so shuffle before training."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} (key 'split'); use one of {', '.join(SPLITS)}")
+    rows = index.rows[split]
+    table = pa.table(
+        {
+            "path": pa.array([r.path for r in rows], type=pa.string()),
+            "label": pa.array([r.label for r in rows], type=pa.int64()),
+            "wnid": pa.array([r.wnid for r in rows], type=pa.string()),
+            "index": pa.array([r.index for r in rows], type=pa.int64()),
+            "split": pa.array([split] * len(rows), type=pa.string()),
+        }
+    )
+    blocks = [table.slice(s, DATASET_BLOCK_ROWS) for s in range(0, len(rows), DATASET_BLOCK_ROWS)]
+    return ray.data.from_arrow(blocks or [table])
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and decoding
+# --------------------------------------------------------------------------------------------
+
+
+def check_on_bad_image(on_bad_image: str) -> None:
+    """The bad-image policy must be one of BAD_IMAGE_POLICIES."""
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(
+            f"unknown bad-image policy {on_bad_image!r} (key 'on_bad_image', flag "
+            f"--on-bad-image); use one of {', '.join(BAD_IMAGE_POLICIES)}"
+        )
+
+
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file; a file without an image extension is reported, not read
+    (a stray archive or video in a class folder would otherwise be loaded whole)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMG_EXTENSIONS:
+        known = ", ".join(IMG_EXTENSIONS)
+        raise BadImageError(
+            path, f"not an image file: extension {suffix or '(none)'!r} is not one of {known}"
+        )
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise BadImageError(path, f"cannot read the file: {e.strerror or e}") from e
+
+
+def decode_rgb(data: bytes, *, path: str, draft_size: int | None = None) -> np.ndarray:
+    """Decode any image to H x W x 3 uint8 RGB, by content (a PNG named .JPEG is fine).
+
+    Plain RGB JPEGs go through torchvision's decoder (~1.4x faster than PIL here); every other
+    kind, and any JPEG the fast path rejects, through PIL with a forced full decode, so PIL names
+    the reason. With `draft_size`, a JPEG at least twice that size on its shorter side is decoded
+    by PIL at 1/2, 1/4 or 1/8 scale, keeping the shorter side >= draft_size.
+    """
+    img = _open(data, path)
+    if _is_plain_jpeg(img) and not _draft_applies(img, draft_size):
+        rgb = _decode_jpeg_fast(data)
+        if rgb is not None:
+            return rgb
+    return np.array(_load_rgb(img, path, draft_size=draft_size))
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], *, on_bad_image: str = "skip", draft_size: int | None = None
+) -> dict[str, np.ndarray]:
+    """For `map_batches(batch_format="numpy")`: rows {label, index, image (bytes) or path} ->
+    {rgb (object array of H x W x 3 uint8), label, index}; bad rows are left out with a
+    warning naming the file under "skip", or raise BadImageError under "fail"."""
+    check_on_bad_image(on_bad_image)
+    if draft_size is not None and draft_size < 1:
+        raise ConfigError(f"draft size {draft_size} (key 'draft_size') must be >= 1, or unset")
+    images, keep = [], []
+    for i in range(len(batch["label"])):
+        name = str(batch["path"][i]) if "path" in batch else f"row index {batch['index'][i]}"
+        try:
+            data = batch["image"][i] if "image" in batch else read_image_file(name)
+            images.append(decode_rgb(data, path=name, draft_size=draft_size))
+        except BadImageError as e:
+            if on_bad_image == "fail":
+                raise
+            logger.warning("skipping bad image %s: %s", e.path, e.reason)
+            continue
+        keep.append(i)
+    return {
+        "rgb": _object_array(images),
+        "label": np.asarray(batch["label"])[keep].astype(np.int64),
+        "index": np.asarray(batch["index"])[keep].astype(np.int64),
+    }
+
+
+def _object_array(arrays: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding each array whole (numpy would stack equal shapes)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+@contextlib.contextmanager
+def _bad_image(path: str) -> Iterator[None]:
+    """Turn PIL's many decode errors into one BadImageError naming the file and the reason."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image: unrecognised content") from None
+    except _DECODE_ERRORS as e:
+        raise BadImageError(path, f"cannot decode: {e}") from e
+
+
+def _open(data: bytes, path: str) -> Image.Image:
+    """Parse the header only (cheap): format, mode and size, without decoding pixels."""
+    with _bad_image(path):
+        return Image.open(io.BytesIO(data))
+
+
+def _is_plain_jpeg(img: Image.Image) -> bool:
+    """A 3-channel JPEG: what ImageNet mostly is, and what decodes straight to RGB."""
+    return img.format == "JPEG" and img.mode == "RGB"
+
+
+def _draft_applies(img: Image.Image, draft_size: int | None) -> bool:
+    """PIL's draft mode only scales by 1/2 or less, so it needs a shorter side >= 2 x size."""
+    return draft_size is not None and img.format == "JPEG" and min(img.size) >= 2 * draft_size
+
+
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """torchvision's libjpeg-turbo decode, or None where it refuses (PIL then says why)."""
+    try:
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        chw = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    return chw.permute(1, 2, 0).contiguous().numpy()
+
+
+def _load_rgb(img: Image.Image, path: str, *, draft_size: int | None) -> Image.Image:
+    """Fully decode (so truncation raises) at draft scale where it applies, then convert to RGB."""
+    with _bad_image(path):
+        if _draft_applies(img, draft_size):
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB; 16/32-bit grayscale is scaled to 8 bits (PIL's convert would clip it)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray((wide >> 8).astype(np.uint8))
+    return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation into Parquet shards (parallel Ray tasks)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One Ray task: a chunk of one split's (shuffled) rows into one Parquet file."""
+
+    root: str
+    split: str
+    rows: list[ImageRow]
+    num_classes: int
+    max_side: int | None
+    on_bad_image: str
+    out_file: str
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard adds to dataset_info.json and bad_images.csv."""
+
+    split: str
+    counts: np.ndarray  # images stored per label
+    bad: list[tuple[str, str]]  # (path relative to the data folder, reason)
+
+
+def prepare_imagenet(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    max_side: int | None = None,
+    on_bad_image: str = "skip",
+    overwrite: bool = False,
+) -> dict:
+    """Convert an ImageFolder tree into Parquet shards, dataset_info.json and bad_images.csv.
+
+    Every image is fully decoded once here, so training never meets a bad file. Shards hold
+    encoded images (the original bytes where they already decode to RGB); validation happens
+    before anything is written, and shards go to a staging sibling that replaces `out` only
+    once complete, so `out` never holds a half-written data set.
+    """
+    out = Path(out)
+    check_on_bad_image(on_bad_image)
+    _check_max_side(max_side)
+    check_output_dir(out, overwrite=overwrite)
+    index = scan_image_folder(data_dir)
+
+    init_ray()
+    with staging_dir(out) as staging:
+        jobs = _shard_jobs(index, staging, max_side=max_side, on_bad_image=on_bad_image)
+        files = sum(len(rows) for rows in index.rows.values())
+        logger.info("preparing %s: %d files in %d Ray tasks", index.root, files, len(jobs))
+        results = _run_jobs(jobs, root=index.root, on_bad_image=on_bad_image)
+        info = _dataset_info(index, results, max_side=max_side, on_bad_image=on_bad_image)
+        _write_bad_images(staging, results)
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        commit_dir(staging, out)
+    logger.info(
+        "prepared %d images into %s (%d bad files left out)",
+        info["num_samples"], out, info["bad_images"],
+    )  # fmt: skip
+    return info
+
+
+def _check_max_side(max_side: int | None) -> None:
+    """A stored long side below 32 pixels leaves nothing to crop from."""
+    if max_side is not None and max_side < 32:
+        raise ConfigError(
+            f"max side {max_side} (key 'max_side', flag --max-side) must be at least 32; "
+            "leave it unset to keep the original images"
+        )
+
+
+def _shard_jobs(
+    index: ImageFolderIndex, staging: Path, *, max_side: int | None, on_bad_image: str
+) -> list[ShardJob]:
+    """Per split, a seeded shuffle of its rows cut into contiguous chunks, one file each."""
+    jobs = []
+    rng = np.random.default_rng(SHARD_SEED)
+    for split in SPLITS:
+        rows = index.rows[split]
+        shuffled = [rows[i] for i in rng.permutation(len(rows))]
+        size = max(1, min(SHARD_ROWS, math.ceil(len(rows) / MIN_SHARDS)))
+        for n, start in enumerate(range(0, len(rows), size)):
+            jobs.append(
+                ShardJob(
+                    root=str(index.root),
+                    split=split,
+                    rows=shuffled[start : start + size],
+                    num_classes=len(index.classes),
+                    max_side=max_side,
+                    on_bad_image=on_bad_image,
+                    out_file=str(staging / f"{split}-{n:05d}.parquet"),
+                )
+            )
+    return jobs
+
+
+def _run_jobs(jobs: list[ShardJob], *, root: Path, on_bad_image: str) -> list[ShardResult]:
+    """Run the shard tasks as they finish; under "fail", the first bad file is raised. On any
+    error the remaining tasks are cancelled and awaited, so none writes after we return."""
+    pending = [_write_shard.remote(job) for job in jobs]
+    results = []
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            result = ray.get(done[0])
+            if result.bad and on_bad_image == "fail":
+                path, reason = result.bad[0]
+                raise BadImageError(str(root / path), reason)
+            results.append(result)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(pending, num_returns=len(pending))
+        raise
+    return results
+
+
+@ray.remote
+def _write_shard(job: ShardJob) -> ShardResult:
+    """Read, check and (where needed) re-encode a chunk of rows into one Parquet file; under
+    "fail" stop at the first bad file and write nothing."""
+    keys = ("image", "label", "wnid", "path", "index", "height", "width")
+    columns: dict[str, list] = {key: [] for key in keys}
+    bad = []
+    for row in job.rows:
+        relative = Path(row.path).relative_to(job.root).as_posix()
+        try:
+            data = read_image_file(row.path)
+            image, height, width = _stored_image(data, path=row.path, max_side=job.max_side)
+        except BadImageError as e:
+            bad.append((relative, e.reason))
+            if job.on_bad_image == "fail":
+                return ShardResult(job.split, np.zeros(job.num_classes, dtype=np.int64), bad)
+            continue
+        values = (image, row.label, row.wnid, relative, row.index, height, width)
+        for key, value in zip(keys, values, strict=True):
+            columns[key].append(value)
+    if columns["image"]:
+        pq.write_table(_shard_table(columns, job.split), job.out_file)
+    counts = np.bincount(np.asarray(columns["label"], dtype=np.int64), minlength=job.num_classes)
+    return ShardResult(job.split, counts, bad)
+
+
+def _stored_image(data: bytes, *, path: str, max_side: int | None) -> tuple[bytes, int, int]:
+    """(JPEG bytes, height, width) to store for one image, checked by a full decode.
+
+    Plain RGB JPEGs within max_side keep their bytes; larger images are scaled down to max_side
+    on the long side (JPEG quality 90); CMYK, grayscale, PNG, ... become RGB JPEGs (quality 95),
+    so every stored image decodes straight to RGB.
+    """
+    img = _open(data, path)
+    shrink = max_side is not None and max(img.size) > max_side
+    if _is_plain_jpeg(img) and not shrink:
+        rgb = decode_rgb(data, path=path)
+        return data, rgb.shape[0], rgb.shape[1]
+    rgb_img = _load_rgb(img, path, draft_size=max_side if shrink else None)
+    if shrink:
+        scale = max_side / max(rgb_img.size)
+        size = tuple(max(1, round(s * scale)) for s in rgb_img.size)
+        rgb_img = rgb_img.resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    rgb_img.save(buffer, "JPEG", quality=RESIZED_QUALITY if shrink else CONVERTED_QUALITY)
+    return buffer.getvalue(), rgb_img.height, rgb_img.width
+
+
+def _shard_table(columns: dict[str, list], split: str) -> pa.Table:
+    """One shard's rows with the documented column types."""
+    return pa.table(
+        {
+            "image": pa.array(columns["image"], type=pa.binary()),
+            "label": pa.array(columns["label"], type=pa.int64()),
+            "wnid": pa.array(columns["wnid"], type=pa.string()),
+            "path": pa.array(columns["path"], type=pa.string()),
+            "split": pa.array([split] * len(columns["image"]), type=pa.string()),
+            "index": pa.array(columns["index"], type=pa.int64()),
+            "height": pa.array(columns["height"], type=pa.int64()),
+            "width": pa.array(columns["width"], type=pa.int64()),
+        }
+    )
+
+
+def _dataset_info(
+    index: ImageFolderIndex, results: list[ShardResult], *, max_side: int | None, on_bad_image: str
+) -> dict:
+    """The dataset_info.json that training reads: classes, counts per split and class, source."""
+    counts = {split: np.zeros(len(index.classes), dtype=np.int64) for split in SPLITS}
+    for result in results:
+        counts[result.split] += result.counts
+    return {
+        "dataset": "imagenet",
+        "classes": list(index.classes),
+        "num_samples": int(sum(c.sum() for c in counts.values())),
+        "counts": {
+            split: {wnid: int(n) for wnid, n in zip(index.classes, row, strict=True)}
+            for split, row in counts.items()
+        },
+        "num_source_files": sum(len(rows) for rows in index.rows.values()),
+        "bad_images": sum(len(r.bad) for r in results),
+        "max_side": max_side,
+        "on_bad_image": on_bad_image,
+        "source": str(index.root),
+    }
+
+
+def _write_bad_images(folder: Path, results: list[ShardResult]) -> None:
+    """bad_images.csv (path, reason), sorted by path; written even when empty, so its absence
+    never has to be interpreted."""
+    bad = sorted(b for r in results for b in r.bad)
+    with open(folder / BAD_IMAGES_FILE, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(bad)

@@ -1,0 +1,72 @@
+"""Real failures on a real Ray: a killed training worker, and a diverging loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.util.state import list_actors
+
+from raymc.config import build_config
+from raymc.errors import RaymcError
+from raymc.train import run_training
+
+pytestmark = pytest.mark.integration
+
+TINY = {"image_size": 32, "batch": 16, "num_workers": 2, "warmup_epochs": 0.5, "lr": 0.05}
+
+
+def kill_a_worker_after_a_checkpoint(run_dir: Path, *, after_epochs: int) -> threading.Thread:
+    """In the background: once the run has registered `after_epochs` checkpoints, SIGKILL one
+    Ray Train worker process in mid-epoch."""
+
+    def registered_epochs() -> int:
+        snapshot = run_dir / "checkpoint_manager_snapshot.json"
+        if not snapshot.exists():
+            return 0
+        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
+
+    def kill() -> None:
+        deadline = time.monotonic() + 300
+        while registered_epochs() < after_epochs and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the next epoch
+        workers = list_actors(
+            address=ray.get_runtime_context().gcs_address,  # this test's cluster, not another on the machine
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        )
+        os.kill(workers[-1].pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_killed_worker_fails_cleanly_then_recovers_with_max_failures(tiny_nyu, tmp_path):
+    settings = {"data": tiny_nyu, "out": str(tmp_path), "name": "ft", "epochs": 3, **TINY}
+    killer = kill_a_worker_after_a_checkpoint(tmp_path / "ft", after_epochs=1)
+    with pytest.raises(RaymcError, match="failed.*checkpoints .* stay usable"):
+        run_training(build_config(settings))
+    killer.join()
+    assert list((tmp_path / "ft").glob("checkpoint_epoch_*"))
+
+    # Same run, now allowed one restart: it resumes from its checkpoint, survives another kill,
+    # and ends with every epoch in its history exactly once.
+    killer = kill_a_worker_after_a_checkpoint(tmp_path / "ft", after_epochs=2)
+    result = run_training(build_config({**settings, "max_failures": 1}))
+    killer.join()
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+
+def test_diverging_loss_stops_the_run_with_a_clear_error(tiny_nyu, tmp_path):
+    config = build_config({"data": tiny_nyu, "out": str(tmp_path), "epochs": 2, **TINY, "lr": 1e12, "warmup_epochs": 0})
+    started = time.monotonic()
+    with pytest.raises(RaymcError, match="diverg"):
+        run_training(config)
+    assert time.monotonic() - started < 120  # stopped at once, not after every epoch
