@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -27,15 +30,34 @@ def tiny_config(data: str, out, **overrides):
     return build_config({"data": data, "out": str(out), **TINY, **overrides})
 
 
+class MetricsScraper(threading.Thread):
+    """Scrapes the node's Prometheus export every 2 s while a run trains, as a dashboard would."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.pages, self.done = f"http://127.0.0.1:{port}/metrics", [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(2.0):
+            self.pages.append(urllib.request.urlopen(self.url, timeout=10).read().decode())
+
+
 @pytest.fixture(scope="module")
-def finished_run(tiny_nyu, tmp_path_factory):
+def finished_run(tiny_nyu, tmp_path_factory, ray_session):
     out = tmp_path_factory.mktemp("runs")
     config = tiny_config(tiny_nyu, out, name="tiny", epochs=3, label_smoothing=0.1)
-    return config, run_training(config)
+    scraper = MetricsScraper(ray_session.nodes()[0]["MetricsExportPort"])
+    scraper.start()
+    try:
+        result = run_training(config)
+    finally:
+        scraper.done.set()
+        scraper.join()
+    return config, result, scraper.pages
 
 
 def test_run_folder_holds_everything_a_user_reads(finished_run):
-    config, result = finished_run
+    config, result, _ = finished_run
     run_dir = Path(result.run_dir)
     for name in (
         "history.csv", "history.json", "summary.json", "best_model.pt", "pathways.json",
@@ -68,14 +90,14 @@ def test_run_folder_holds_everything_a_user_reads(finished_run):
 
 
 def test_rerun_with_the_same_name_resumes_instead_of_retraining(finished_run):
-    config, first = finished_run
+    config, first, _ = finished_run
     again = run_training(config)
     assert again.history == first.history  # identical epochs, timings included: nothing retrained
     assert again.summary["best_epoch"] == first.summary["best_epoch"]
 
 
 def test_rerun_with_other_settings_under_the_same_name_is_refused(finished_run):
-    config, _ = finished_run
+    config, _, _ = finished_run
     with pytest.raises(ConfigError, match="lr"):
         run_training(build_config({**config.to_dict(), "lr": 0.2}))
 
@@ -121,3 +143,15 @@ def test_killed_driver_resumes_from_its_last_checkpoint(tiny_nyu, tmp_path, ray_
     result = run_training(config)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]  # every epoch exactly once
     assert result.history[: len(done)] == done  # the epochs before the kill were not trained again
+
+
+def test_live_training_metrics_reach_the_prometheus_export(finished_run):
+    """While the run trained, its ray.util.metrics gauges were on the node's metrics export port."""
+    _, _, pages = finished_run
+    lines = [line for page in pages for line in page.splitlines() if 'run="tiny"' in line]
+    for name in ("images_per_second", "loss", "learning_rate", "epoch", "data_wait_seconds"):
+        values = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(f"ray_raymc_train_{name}{{")]
+        assert values, f"ray_raymc_train_{name} was never exported"
+        assert all(math.isfinite(v) for v in values)
+    ranks = {line.split('rank="')[1].split('"')[0] for line in lines}
+    assert ranks == {"0", "1"}  # every worker publishes its own series
