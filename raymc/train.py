@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +88,11 @@ def worker_resources(config: TrainConfig) -> WorkerResources:
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if cluster_gpus >= 1 else 0.0
+        if not gpus and os.environ.get("RAY_ADDRESS"):
+            logger.warning(
+                "the cluster has no GPUs right now, so training runs on CPUs; on an autoscaling cluster "
+                "pass --gpus-per-worker 1 (and --num-workers) to have GPU nodes started"
+            )
     num_workers = config.num_workers or (max(1, int(cluster_gpus // gpus)) if gpus else 2)
     if config.batch % num_workers:
         raise ConfigError(

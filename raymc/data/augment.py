@@ -34,9 +34,14 @@ def train_transforms(image_size: int, crop_scale: float) -> tuple[v2.Transform, 
     return geometric, v2.ColorJitter(**COLOR_JITTER)
 
 
+def val_short_side(image_size: int, resize: int | None) -> int:
+    """The shorter side validation images are resized to: --val-resize, else image size / 0.875."""
+    return resize or round(image_size / 0.875)
+
+
 def eval_transform(image_size: int, resize: int | None) -> v2.Transform:
-    """Resize the shorter side, then centre-crop: the standard validation view."""
-    return v2.Compose([v2.Resize(resize or round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)])
+    """Resize the shorter side (256 for 224 by default), then centre-crop: the standard validation view."""
+    return v2.Compose([v2.Resize(val_short_side(image_size, resize), antialias=True), v2.CenterCrop(image_size)])
 
 
 def _as_tv_tensors(rgb: np.ndarray, depth: np.ndarray | None) -> tuple:

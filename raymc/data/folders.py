@@ -7,12 +7,20 @@ complete, so a failed or interrupted run never leaves a half-written data set be
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from raymc.errors import DataError
+
+INFO_FILE = "dataset_info.json"  # beside the Parquet shards; Ray's read_parquet skips it
+
+
+def write_info(folder: Path, info: dict) -> None:
+    """The dataset_info.json that training reads (classes, counts, statistics, source)."""
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def check_output_dir(out: Path, *, overwrite: bool) -> None:

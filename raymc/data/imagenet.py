@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -32,14 +31,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from raymc.cluster import init_ray
-from raymc.data.folders import check_output_dir, commit_dir, staging_dir
+from raymc.data.folders import check_output_dir, commit_dir, staging_dir, write_info
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str] = ("train", "val")
 BAD_IMAGE_POLICIES: tuple[str, str] = ("skip", "fail")
-INFO_FILE = "dataset_info.json"
 BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
 MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
@@ -160,13 +158,15 @@ def _scan_split(
     return [ImageRow(path=p, label=label_of[w], wnid=w, index=i) for i, (p, w) in enumerate(found)]
 
 
-def image_folder_dataset(index: ImageFolderIndex, split: str) -> ray.data.Dataset:
+def image_folder_dataset(index: ImageFolderIndex, split: str, *, seed: int | None = None) -> ray.data.Dataset:
     """The rows of one split as a Ray Dataset {path, label, wnid, index, split}, in several
-    blocks so that `map_batches(decode_batch)` runs in parallel; rows come in sorted (class by
-    class) order, so shuffle before training."""
+    blocks so that `map_batches(decode_batch)` runs in parallel. Rows come in sorted (class by
+    class) order, or in a seeded shuffle when `seed` is given, so that every block mixes classes."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (key 'split'); use one of {', '.join(SPLITS)}")
     rows = index.rows[split]
+    if seed is not None:
+        rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
     table = pa.table(
         {
             "path": pa.array([r.path for r in rows], type=pa.string()),
@@ -373,7 +373,7 @@ def prepare_imagenet(
         results = _run_jobs(jobs, root=index.root, on_bad_image=on_bad_image)
         info = _dataset_info(index, results, max_side=max_side, on_bad_image=on_bad_image)
         _write_bad_images(staging, results)
-        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_info(staging, info)
         commit_dir(staging, out)
     logger.info(
         "prepared %d images into %s (%d bad files left out)",
@@ -499,6 +499,22 @@ def _shard_table(columns: dict[str, list], split: str) -> pa.Table:
             "width": pa.array(columns["width"], type=pa.int64()),
         }
     )
+
+
+def folder_info(index: ImageFolderIndex) -> dict:
+    """dataset_info.json's facts for an ImageFolder read directly: classes and file counts
+    (before undecodable files are skipped)."""
+    counts = {split: {wnid: 0 for wnid in index.classes} for split in SPLITS}
+    for split, rows in index.rows.items():
+        for row in rows:
+            counts[split][row.wnid] += 1
+    return {
+        "dataset": "imagenet",
+        "classes": list(index.classes),
+        "num_samples": sum(len(rows) for rows in index.rows.values()),
+        "counts": counts,
+        "source": str(index.root),
+    }
 
 
 def _dataset_info(

@@ -28,7 +28,7 @@ from PIL import Image
 from ray.data.extensions import ArrowTensorArray
 
 from raymc.cluster import init_ray
-from raymc.data.folders import check_output_dir, commit_dir, staging_dir
+from raymc.data.folders import INFO_FILE, check_output_dir, commit_dir, staging_dir, write_info
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ REQUIRED_KEYS: tuple[str, ...] = ("images", "depths", "sceneTypes", "scenes")
 DEFAULT_TEST_FRACTION = 654 / 1449
 SPLIT_KEYS: tuple[str, str] = ("trainNdxs", "testNdxs")
 SPLIT_NAMES: tuple[str, str] = ("train", "test")
-INFO_FILE = "dataset_info.json"
 SHARD_BYTES = 128 * 2**20  # per Parquet shard: ~60 full-size NYU samples
 MIN_SHARDS = 8  # enough Ray tasks to keep a small cluster busy on small files
 
@@ -417,7 +416,7 @@ def prepare_nyu(
             index, stats, names, size,
             protocol=protocol, seed=seed, splits=splits, test_fraction=test_fraction,
         )  # fmt: skip
-        _write_info(staging, info)
+        write_info(staging, info)
         commit_dir(staging, out)
     logger.info("prepared %d samples into %s", info["num_samples"], out)
     return info
@@ -572,11 +571,6 @@ def _dataset_info(
         "seed": seed,
         "source": str(index.path.resolve()),
     }
-
-
-def _write_info(folder: Path, info: dict) -> None:
-    """dataset_info.json beside the shards (Ray's read_parquet skips non-.parquet files)."""
-    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from ray.data import FileShuffleConfig
 from ray.data.expressions import col
 
 from raymc.config import TrainConfig
-from raymc.data.augment import augment_batch, eval_batch
+from raymc.data.augment import augment_batch, eval_batch, val_short_side
+from raymc.data import imagenet
+from raymc.data.folders import INFO_FILE
 from raymc.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,7 +38,12 @@ class DataSource:
 
     kind: str  # "nyu" or "imagenet"
     location: str  # local path or URI
-    prepared: bool  # a raymc.prepare Parquet folder (else an ImageFolder tree)
+    folder_index: imagenet.ImageFolderIndex | None = None  # the scan of an ImageFolder tree read directly
+
+    @property
+    def prepared(self) -> bool:
+        """A raymc.prepare Parquet folder (else an ImageFolder tree)."""
+        return self.folder_index is None
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class EpochClock:
 def read_dataset_info(folder: str) -> dict[str, Any]:
     """dataset_info.json of a prepared folder, local or remote (s3://, gs://, ...)."""
     filesystem, path = pyarrow.fs.FileSystem.from_uri(_as_uri(folder))
-    info_path = f"{path.rstrip('/')}/dataset_info.json"
+    info_path = f"{path.rstrip('/')}/{INFO_FILE}"
     try:
         with filesystem.open_input_stream(info_path) as stream:
             return json.loads(stream.read())
@@ -101,9 +108,7 @@ def dataset_info(source: DataSource) -> dict[str, Any]:
     """dataset_info.json of a prepared folder, or the same facts scanned from an ImageFolder."""
     if source.prepared:
         return read_dataset_info(source.location)
-    from raymc.data import imagenet  # TODO(lead): top-level import once imagenet.py lands
-
-    return imagenet.folder_info(imagenet.scan_image_folder(source.location))
+    return imagenet.folder_info(source.folder_index)
 
 
 def val_split(info: dict[str, Any]) -> str:
@@ -136,21 +141,24 @@ def _train_view(batch: dict[str, np.ndarray], *, clock, seed: int, image_size: i
 
 def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
     """One split's rows as {rgb, [depth], label, index}, decoded where the source holds encoded images."""
-    if source.kind == "imagenet":
-        from raymc.data import imagenet  # TODO(lead): top-level import once imagenet.py lands
     if not source.prepared:
-        rows = imagenet.image_folder_dataset(imagenet.scan_image_folder(source.location), split)
+        seed = config.seed if split == TRAIN_SPLIT else None
+        rows = imagenet.image_folder_dataset(source.folder_index, split, seed=seed)
     else:
         shuffle = FileShuffleConfig(seed=config.seed) if split == TRAIN_SPLIT else None
         columns = ["label", "index", "split", *(s.column for s in spec.streams)]
         if source.kind == "imagenet":
-            columns = ["label", "index", "split", "image"]
+            columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
         rows = ray.data.read_parquet(_as_uri(source.location), shuffle=shuffle).select_columns(columns)
         rows = rows.filter(expr=col("split") == split)
     if source.kind == "imagenet":
         rows = rows.map_batches(
             imagenet.decode_batch,
-            fn_kwargs={"on_bad_image": config.on_bad_image, "draft_size": config.image_size},
+            # Draft decoding (1/2, 1/4, 1/8 scale) only where the view is resized down anyway.
+            fn_kwargs={
+                "on_bad_image": config.on_bad_image,
+                "draft_size": None if split == TRAIN_SPLIT else val_short_side(config.image_size, config.val_resize),
+            },
             batch_format="numpy",
             batch_size=PREPROCESS_BATCH,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_nyu
+from raymc.data.imagenet import scan_image_folder
 from raymc.data.nyu import prepared_nyu_cache
 from raymc.data.pipeline import DataSource, read_dataset_info
 from raymc.errors import ConfigError, DataError
@@ -40,14 +41,14 @@ def demo_nyu_mat() -> Path:
 def _prepared_mat(mat: Path, config: TrainConfig) -> DataSource:
     splits = Path(config.splits).expanduser() if config.splits else None
     folder = prepared_nyu_cache(mat, splits=splits, protocol=config.protocol, seed=config.seed, cache_dir=cache_root())
-    return DataSource("nyu", str(folder), prepared=True)
+    return DataSource("nyu", str(folder))
 
 
 def _find_source(config: TrainConfig) -> DataSource:
     if config.data is None:
         return _prepared_mat(demo_nyu_mat(), config)
     if "://" in config.data:
-        return DataSource(read_dataset_info(config.data).get("dataset", "nyu"), config.data, prepared=True)
+        return DataSource(read_dataset_info(config.data).get("dataset", "nyu"), config.data)
     path = Path(config.data).expanduser()
     if not path.exists():
         raise DataError(f"--data {config.data}: no such file or folder")
@@ -56,9 +57,9 @@ def _find_source(config: TrainConfig) -> DataSource:
             raise DataError(f"--data {config.data}: expected an NYU .mat file, an ImageFolder or a prepared folder")
         return _prepared_mat(path, config)
     if (path / "dataset_info.json").is_file():
-        return DataSource(read_dataset_info(str(path)).get("dataset", "nyu"), str(path.resolve()), prepared=True)
+        return DataSource(read_dataset_info(str(path)).get("dataset", "nyu"), str(path.resolve()))
     if (path / "train").is_dir():
-        return DataSource("imagenet", str(path.resolve()), prepared=False)
+        return DataSource("imagenet", str(path.resolve()), folder_index=scan_image_folder(path))
     raise DataError(
         f"--data {config.data}: neither a prepared folder (no dataset_info.json) nor an ImageFolder "
         f"(no train/ folder); prepare it with `python -m raymc.prepare` or point at the right folder"

@@ -8,6 +8,7 @@ import pytest
 
 from raymc.config import TrainConfig
 from raymc.data import sources
+from raymc.data.demo import write_demo_imagenet
 from raymc.errors import ConfigError, DataError
 
 
@@ -35,10 +36,11 @@ def test_prepared_folders_are_detected_with_their_default_model(tmp_path):
     assert (source.kind, config.model) == ("imagenet", "sd_resnet50")
 
 
-def test_image_folder_is_detected(tmp_path):
-    (tmp_path / "train" / "n01440764").mkdir(parents=True)
-    config, source = sources.resolve_data(TrainConfig(data=str(tmp_path), model="sd_resnet101"))
+def test_image_folder_is_detected_and_scanned_once(tmp_path):
+    root = write_demo_imagenet(tmp_path / "imagenet", classes=2, per_class=4, val_per_class=1, image_size=(40, 30))
+    config, source = sources.resolve_data(TrainConfig(data=str(root), model="sd_resnet101"))
     assert (source.kind, source.prepared, config.model) == ("imagenet", False, "sd_resnet101")
+    assert len(source.folder_index.classes) == 2
 
 
 def test_contradictions_are_refused(tmp_path):
