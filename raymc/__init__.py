@@ -11,4 +11,15 @@ if "RAY_ADDRESS" not in os.environ:
 from raymc.errors import ConfigError, DataError, RaymcError  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DataError", "RaymcError", "__version__"]
+# The Python API (raymc.api) is imported on first use, so `import raymc` and the CLIs that do
+# not need it (prepare, results) stay free of torch, Ray Train and matplotlib at start-up.
+_API = ("RunResult", "analyze_pathways", "evaluate", "fit", "load_model", "predict")
+__all__ = ["ConfigError", "DataError", "RaymcError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from raymc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'raymc' has no attribute {name!r}")

@@ -133,6 +133,10 @@ class TrainConfig:
     max_failures: int = setting(
         0, "restart from the newest checkpoint after up to this many worker or node failures", group="resources"
     )
+    preemption_check_steps: int = setting(
+        50, "every this many steps the workers ask Ray Train whether a node is about to be preempted "
+        "(a checkpoint is written at once if so); each check is a short barrier", group="resources",
+    )
 
     # run
     seed: int = setting(42, "random seed (weights, augmentation, data order, split)", group="run")
@@ -172,7 +176,9 @@ class TrainConfig:
 
 # Settings that say where and on what a run executes, not what it learns: a run may resume with
 # other values of these.
-PLACEMENT_SETTINGS = ("out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures")
+PLACEMENT_SETTINGS = (
+    "out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "preemption_check_steps",
+)
 
 # Settings the demo run uses unless the user sets them: small images, few epochs, fast on 2 CPUs.
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -321,7 +327,7 @@ def build_config(
 
 def validate(config: TrainConfig) -> None:
     """Reject settings that cannot work, naming the flag and the fix."""
-    positive = ("epochs", "batch", "num_workers", "grad_accum_steps", "image_size")
+    positive = ("epochs", "batch", "num_workers", "grad_accum_steps", "image_size", "preemption_check_steps")
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{flag_names(name)[0]} must be at least 1, got {getattr(config, name)}")

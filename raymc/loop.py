@@ -37,8 +37,6 @@ from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
 
-# How often (in steps) every rank asks Ray Train about imminent node preemption; it is a barrier.
-PREEMPTION_CHECK_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def train_one_epoch(
 
     Starts at `first_step` when resuming inside an epoch. Raises Diverged, on every rank at the
     same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
-    losses and are not divergence). Every PREEMPTION_CHECK_STEPS steps it asks Ray Train whether
+    losses and are not divergence). Every --preemption-check-steps steps it asks Ray Train whether
     a node is about to be preempted and, if so, calls on_preemption(steps done) once.
     """
     model.train()
@@ -187,7 +185,7 @@ def train_one_epoch(
             loss=loss.item(), lr=optimizer.param_groups[-1]["lr"], data_wait_s=step_wait,
             images=labels.shape[0], step_s=time.perf_counter() - wait_start,
         )
-        if (step + 1) % PREEMPTION_CHECK_STEPS == 0 and not preemption_saved:
+        if (step + 1) % config.preemption_check_steps == 0 and not preemption_saved:
             if ray.train.get_preemption_info() is not None:
                 on_preemption(step + 1)
                 preemption_saved = True

@@ -178,13 +178,23 @@ def build_datasets(
         batch_format="numpy",
         batch_size=PREPROCESS_BATCH,
     )
-    val = _rows(source, spec, spec.val_split, config).map_batches(
-        eval_batch,
+    return {"train": train, "val": eval_rows(source, spec, spec.val_split, config)}
+
+
+def _eval_view(batch: dict[str, np.ndarray], *, image_size: int, resize: int | None) -> dict[str, np.ndarray]:
+    return {**eval_batch(batch, image_size=image_size, resize=resize), "index": np.asarray(batch["index"])}
+
+
+def eval_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
+    """One split's validation view, with each row's `index` as its id: {rgb (N,3,S,S) uint8,
+    [depth (N,1,S,S) float32], label, index}. Training validates on it and evaluation and
+    prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on."""
+    return _rows(source, spec, split, config).map_batches(
+        _eval_view,
         fn_kwargs={"image_size": config.image_size, "resize": config.val_resize},
         batch_format="numpy",
         batch_size=PREPROCESS_BATCH,
     )
-    return {"train": train, "val": val}
 
 
 def cache_in_object_store(rows: ray.data.Dataset, spec: DataSpec) -> ray.data.Dataset:

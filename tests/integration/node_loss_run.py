@@ -1,0 +1,93 @@
+"""Run by test_fault_tolerance in its own process: a Ray cluster (ray.cluster_utils) on 127.0.0.1
+with a head and two 2-CPU nodes loses the node that holds the training workers in epoch 2; the run
+recovers on the other node with --max-failures. With `preempt`, the node is first drained with
+reason PREEMPTION (as a cloud's spot reclaim notice does), so the workers checkpoint mid-epoch
+before it goes. Prints the epochs it ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import raymc  # noqa: F401  (binds the cluster to 127.0.0.1 before ray is imported)
+
+import ray
+from ray.cluster_utils import Cluster
+
+from raymc.config import build_config
+from raymc.data.demo import write_demo_nyu
+from raymc.data.nyu import prepare_nyu
+from raymc.train import run_training
+
+
+def _latest(run_dir: Path) -> dict:
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    return json.loads(snapshot.read_text())["latest_checkpoint_result"] if snapshot.exists() else {}
+
+
+def registered_epochs(run_dir: Path) -> int:
+    return _latest(run_dir).get("metrics", {}).get("epoch", 0)
+
+
+def latest_checkpoint(run_dir: Path) -> str:
+    return _latest(run_dir).get("checkpoint_dir_name", "")
+
+
+def drain_for_preemption(address: str, node_id: str) -> None:
+    """What a spot reclaim notice does: mark the node as draining for preemption, with a deadline."""
+    from ray.core.generated import autoscaler_pb2
+
+    deadline_ms = time.time_ns() // 1_000_000 + 60_000
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+    accepted, message = ray._raylet.GcsClient(address=address).drain_node(node_id, reason, "spot reclaim", deadline_ms)
+    assert accepted, message
+
+
+def training_node_id() -> str:
+    """The node of the Ray Train worker group's placement group (both workers pack onto one node)."""
+    groups = [g for g in ray.util.placement_group_table().values() if g["state"] == "CREATED"]
+    return next(node for g in groups for node in g["bundles_to_node_id"].values())
+
+
+def main(workdir: Path, *, preempt: bool) -> None:
+    os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "0.5"  # notice reaches the workers sooner
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # 2 workers x 1 CPU fit on either 2-CPU node, never on the head (its CPU is Ray Data's).
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address)
+        mat = write_demo_nyu(workdir / "tiny.mat", n=160, seed=3, height=48, width=64)
+        prepare_nyu(mat, workdir / "prepared", seed=3)
+        config = build_config({
+            "data": str(workdir / "prepared"), "out": str(workdir / "runs"), "name": "node-loss",
+            "epochs": 3, "image_size": 32, "batch": 4, "num_workers": 2, "cpus_per_worker": 1,
+            "warmup_epochs": 0.5, "lr": 0.01, "max_failures": 1, "preemption_check_steps": 3,
+        })  # fmt: skip
+
+        def lose_the_node() -> None:
+            deadline = time.monotonic() + 300
+            while registered_epochs(workdir / "runs" / "node-loss") < 1 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            node_id = training_node_id()
+            if preempt:
+                drain_for_preemption(cluster.address, node_id)
+                while "_step_" not in latest_checkpoint(workdir / "runs" / "node-loss") and time.monotonic() < deadline:
+                    time.sleep(0.2)  # the workers checkpoint within a few steps of the notice
+            else:
+                time.sleep(1.0)
+            cluster.remove_node(next(node for node in nodes if node.node_id == node_id))
+
+        threading.Thread(target=lose_the_node, daemon=True).start()
+        result = run_training(config)
+        print("EPOCHS", json.dumps([row["epoch"] for row in result.history]))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), preempt=sys.argv[2:] == ["preempt"])
