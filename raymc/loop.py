@@ -101,6 +101,14 @@ def _check_finite(loss: torch.Tensor, *, epoch: int, step: int) -> None:
         raise Diverged(epoch=epoch, step=step)
 
 
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics: each rank's last training forward updated
+    its own, and rank 0's are the ones the checkpoint keeps, so every rank validates those."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _setup_progress_logging() -> None:
     """One plain line per epoch on the worker's stdout, which Ray forwards to the driver."""
     if not logger.handlers:
@@ -207,6 +215,7 @@ def validate(
     batch, so ranks may see different numbers of validation batches.
     """
     core = _unwrap(model)
+    _broadcast_buffers(core)
     core.eval()
     num_classes = spec.num_classes
     ks = (1, 5) if num_classes >= 5 else (1,)
