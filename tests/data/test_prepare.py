@@ -139,7 +139,7 @@ def test_a_failed_run_leaves_out_untouched(
     def fail(folder: Path, info: dict) -> None:
         raise DataError(f"{folder}: disk full (key 'out'); free space")
 
-    monkeypatch.setattr(nyu, "_write_info", fail)
+    monkeypatch.setattr(nyu, "write_info", fail)
     with pytest.raises(DataError, match="disk full"):
         nyu.prepare_nyu(mat, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
