@@ -17,6 +17,7 @@ import ray
 import torch
 from ray.data import FileShuffleConfig
 from ray.data.expressions import col
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raymc.config import TrainConfig
 from raymc.data.augment import augment_batch, eval_batch, val_short_side
@@ -72,9 +73,13 @@ class DataSpec:
         return len(self.classes)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class EpochClock:
-    """Tells Ray Data tasks the current epoch, so augmentation is seeded by (seed, epoch, index)."""
+    """Tells Ray Data tasks the current epoch, so augmentation is seeded by (seed, epoch, index).
+
+    Its state is only what the workers set at the start of each epoch, so when its node is lost it
+    restarts elsewhere and calls made meanwhile are retried: a run with --max-failures survives.
+    """
 
     def __init__(self) -> None:
         self.epoch = 0
@@ -84,6 +89,13 @@ class EpochClock:
 
     def get(self) -> int:
         return self.epoch
+
+
+def start_epoch_clock() -> ray.actor.ActorHandle:
+    """An EpochClock on the driver's node (the head node under `ray job submit`), the node a run is
+    least likely to lose; anywhere else if that node has no room."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return EpochClock.options(scheduling_strategy=here).remote()
 
 
 def read_dataset_info(folder: str) -> dict[str, Any]:

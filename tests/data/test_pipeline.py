@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import ray
 import torch
+from ray.util.state import list_actors
 
-from raymc.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, data_spec, read_dataset_info, to_model_inputs
+from raymc.data.pipeline import (
+    IMAGENET_MEAN, IMAGENET_STD, data_spec, read_dataset_info, start_epoch_clock, to_model_inputs,
+)  # fmt: skip
 from raymc.errors import DataError
 
 NYU_INFO = {
@@ -45,3 +50,19 @@ def test_normalization_on_device_keeps_missing_depth_at_zero():
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(x_rgb[0, :, 0, 0], expected)
     assert x_depth[0, 0].tolist() == [[0.0, 1.0], [-1.0, 0.0]]
+
+
+def test_the_epoch_clock_lives_on_the_drivers_node_and_comes_back_when_killed(ray_session):
+    """A run survives losing the clock's node: the clock restarts and calls made meanwhile are retried."""
+    clock = start_epoch_clock()
+    ray.get(clock.set.remote(3))
+    (actor,) = [a for a in list_actors(filters=[("class_name", "=", "EpochClock"), ("state", "=", "ALIVE")])]
+    assert actor.node_id == ray.get_runtime_context().get_node_id()
+    ray.kill(clock, no_restart=False)
+    deadline = time.monotonic() + 60
+    while ray.get(clock.get.remote()) != 0:  # calls are answered by the old clock, then the restarted one
+        assert time.monotonic() < deadline, "the clock did not restart"
+        time.sleep(0.1)
+    ray.get(clock.set.remote(4))
+    assert ray.get(clock.get.remote()) == 4
+    ray.kill(clock)

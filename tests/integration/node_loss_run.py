@@ -1,8 +1,12 @@
-"""Run by test_fault_tolerance in its own process: a Ray cluster (ray.cluster_utils) on 127.0.0.1
-with a head and two 2-CPU nodes loses the node that holds the training workers in epoch 2; the run
-recovers on the other node with --max-failures. With `preempt`, the node is first drained with
-reason PREEMPTION (as a cloud's spot reclaim notice does), so the workers checkpoint mid-epoch
-before it goes. Prints the epochs it ran."""
+"""Run by test_fault_tolerance in its own process (a driver joins one cluster at a time).
+
+A Ray cluster (ray.cluster_utils) on 127.0.0.1: a head and three 2-CPU nodes. One 3-epoch run of
+two workers, with --max-failures 2, loses two nodes:
+1. in epoch 2, the node holding the workers is drained with reason PREEMPTION (as a cloud's spot
+   reclaim notice does): the workers checkpoint mid-epoch, then the node is removed;
+2. in epoch 3, the node the run recovered on dies without notice.
+The run recovers on the next node each time. Prints the epochs it ran.
+"""
 
 from __future__ import annotations
 
@@ -23,18 +27,20 @@ from raymc.data.demo import write_demo_nyu
 from raymc.data.nyu import prepare_nyu
 from raymc.train import run_training
 
+DEADLINE_S = 300
+
 
 def _latest(run_dir: Path) -> dict:
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     return json.loads(snapshot.read_text())["latest_checkpoint_result"] if snapshot.exists() else {}
 
 
-def registered_epochs(run_dir: Path) -> int:
-    return _latest(run_dir).get("metrics", {}).get("epoch", 0)
-
-
-def latest_checkpoint(run_dir: Path) -> str:
-    return _latest(run_dir).get("checkpoint_dir_name", "")
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {DEADLINE_S} s")
+        time.sleep(0.2)
 
 
 def drain_for_preemption(address: str, node_id: str) -> None:
@@ -53,35 +59,39 @@ def training_node_id() -> str:
     return next(node for g in groups for node in g["bundles_to_node_id"].values())
 
 
-def main(workdir: Path, *, preempt: bool) -> None:
+def main(workdir: Path) -> None:
     os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "0.5"  # notice reaches the workers sooner
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    # 2 workers x 1 CPU fit on either 2-CPU node, never on the head (its CPU is Ray Data's).
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    # 2 workers x 1 CPU fit on any 2-CPU node, never on the head (its CPU is Ray Data's).
+    nodes = [cluster.add_node(num_cpus=2) for _ in range(3)]
+    run_dir = workdir / "runs" / "node-loss"
     try:
         ray.init(address=cluster.address)
-        mat = write_demo_nyu(workdir / "tiny.mat", n=160, seed=3, height=48, width=64)
+        mat = write_demo_nyu(workdir / "tiny.mat", n=96, seed=3, height=48, width=64)
         prepare_nyu(mat, workdir / "prepared", seed=3)
         config = build_config({
             "data": str(workdir / "prepared"), "out": str(workdir / "runs"), "name": "node-loss",
             "epochs": 3, "image_size": 32, "batch": 4, "num_workers": 2, "cpus_per_worker": 1,
-            "warmup_epochs": 0.5, "lr": 0.01, "max_failures": 1, "preemption_check_steps": 3,
+            "warmup_epochs": 0.5, "lr": 0.01, "max_failures": 2, "preemption_check_steps": 3,
         })  # fmt: skip
 
-        def lose_the_node() -> None:
-            deadline = time.monotonic() + 300
-            while registered_epochs(workdir / "runs" / "node-loss") < 1 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            node_id = training_node_id()
-            if preempt:
-                drain_for_preemption(cluster.address, node_id)
-                while "_step_" not in latest_checkpoint(workdir / "runs" / "node-loss") and time.monotonic() < deadline:
-                    time.sleep(0.2)  # the workers checkpoint within a few steps of the notice
-            else:
-                time.sleep(1.0)
+        def remove(node_id: str) -> None:
             cluster.remove_node(next(node for node in nodes if node.node_id == node_id))
 
-        threading.Thread(target=lose_the_node, daemon=True).start()
+        def lose_two_nodes() -> None:
+            wait_for(lambda: _latest(run_dir).get("metrics", {}).get("epoch", 0) >= 1, "checkpoint of epoch 1")
+            preempted = training_node_id()
+            drain_for_preemption(cluster.address, preempted)
+            wait_for(lambda: "_step_" in _latest(run_dir).get("checkpoint_dir_name", ""), "mid-epoch checkpoint")
+            remove(preempted)
+            print("PREEMPTED", preempted, flush=True)
+            wait_for(lambda: _latest(run_dir).get("metrics", {}).get("epoch", 0) >= 2, "checkpoint of epoch 2")
+            time.sleep(1.0)  # into epoch 3
+            lost = training_node_id()
+            remove(lost)
+            print("LOST", lost, flush=True)
+
+        threading.Thread(target=lose_two_nodes, daemon=True).start()
         result = run_training(config)
         print("EPOCHS", json.dumps([row["epoch"] for row in result.history]))
     finally:
@@ -90,4 +100,4 @@ def main(workdir: Path, *, preempt: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), preempt=sys.argv[2:] == ["preempt"])
+    main(Path(sys.argv[1]))

@@ -75,25 +75,30 @@ def test_diverging_loss_stops_the_run_with_a_clear_error(tiny_nyu, tmp_path):
     assert time.monotonic() - started < 120  # stopped at once, not after every epoch
 
 
-def run_node_loss(workdir: Path, *extra: str) -> tuple[list[int], str]:
-    """Run node_loss_run.py (its own process: a driver joins one cluster at a time)."""
+@pytest.fixture(scope="module")
+def node_losses(tmp_path_factory) -> tuple[list[int], str]:
+    """Run node_loss_run.py once (its own process: a driver joins one cluster at a time): one run
+    that is preempted in epoch 2 and loses a node without notice in epoch 3. Returns the epochs
+    of its history and its log."""
     script = Path(__file__).with_name("node_loss_run.py")
     done = subprocess.run(
-        [sys.executable, str(script), str(workdir), *extra], capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        [sys.executable, str(script), str(tmp_path_factory.mktemp("node_loss"))], capture_output=True, text=True,
+        timeout=600, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.split("EPOCHS", 1)[1].strip().splitlines()[0]), done.stdout + done.stderr
 
 
-def test_losing_a_node_mid_run_recovers_with_max_failures(tmp_path):
-    epochs, log = run_node_loss(tmp_path)
-    assert epochs == [1, 2, 3]
-    assert "resumed from the checkpoint of epoch 1" in log
-
-
-def test_preemption_notice_checkpoints_mid_epoch_before_the_node_goes(tmp_path):
-    epochs, log = run_node_loss(tmp_path, "preempt")
-    assert epochs == [1, 2, 3]
+def test_preemption_notice_checkpoints_mid_epoch_before_the_node_goes(node_losses):
+    epochs, log = node_losses
+    assert "PREEMPTED" in log
     assert "a node is about to be preempted: checkpointing after" in log
     assert re.search(r"resumed from the checkpoint of epoch 1 \(\+[1-9]\d* steps\)", log)
+    assert epochs == [1, 2, 3]
+
+
+def test_losing_a_node_mid_run_recovers_with_max_failures(node_losses):
+    epochs, log = node_losses
+    assert "LOST" in log
+    assert "resumed from the checkpoint of epoch 2 (+0 steps)" in log
+    assert epochs == [1, 2, 3]  # every epoch once, across both failures
