@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from raymc.config import (
     add_seed_script_arguments,
     build_config,
 )
-from raymc.data.pipeline import DataSource, DataSpec, EpochClock, build_datasets, data_spec, dataset_info
+from raymc.data.pipeline import DataSource, DataSpec, build_datasets, data_spec, dataset_info, start_epoch_clock
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, RaymcError
 from raymc.loop import steps_per_epoch, train_loop_per_worker
@@ -138,6 +139,33 @@ def check_resumable(config: TrainConfig, storage: str, name: str) -> None:
         stream.write(json.dumps({"fingerprint": config.fingerprint(), "config": config.to_dict()}, indent=1).encode())
 
 
+def finished_run(config: TrainConfig, storage: str, name: str) -> ray.train.Result | None:
+    """The Ray Train result of a run folder whose newest checkpoint ends the run (every epoch
+    trained, or stopped early), so that the same command run again publishes it at once instead
+    of starting workers that would find nothing left to do."""
+    try:
+        result = ray.train.Result.from_path(f"{storage.rstrip('/')}/{name}")
+    except RuntimeError:  # no run folder, or no checkpoint registered in it yet
+        return None
+    if result.checkpoint is None:
+        return None
+    progress_path = f"{result.checkpoint.path}/{checkpoint.PROGRESS_FILE}"
+    with result.checkpoint.filesystem.open_input_stream(progress_path) as stream:
+        progress = json.loads(stream.read())
+    ended = progress["stopped_early"] or (progress["epoch"] >= config.epochs and not progress["steps_done"])
+    return result if ended else None
+
+
+def _recorded_wall_time(storage: str, name: str) -> float | None:
+    """The wall time in a published run's summary.json (the run that trained), if there is one."""
+    filesystem, run_path = _run_filesystem(storage, name)
+    path = f"{run_path}/summary.json"
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read()).get("wall_time_s")
+
+
 def default_run_config(name: str, storage: str, *, max_failures: int = 0, **kwargs: Any) -> RunConfig:
     """Ray Train run settings: newest checkpoint kept (it carries the best weights), quiet logs."""
     return RunConfig(
@@ -154,7 +182,7 @@ def make_trainer(
     config: TrainConfig, *, source: DataSource, spec: DataSpec, resources: WorkerResources, run_config: RunConfig
 ) -> TorchTrainer:
     """The TorchTrainer for one run; raymc.tune builds one per trial with its own RunConfig."""
-    clock = EpochClock.remote()
+    clock = start_epoch_clock()
     ray.data.DataContext.get_current().enable_progress_bars = False  # the epoch lines say enough
     return TorchTrainer(
         train_loop_per_worker,
@@ -246,6 +274,25 @@ def publish(config: TrainConfig, spec: DataSpec, result: ray.train.Result, stora
     return TrainingResult(run_dir=run_dir, summary=summary, history=history)
 
 
+# How a raymc error raised in a Ray Data task reaches the driver: only as its traceback's text
+# (Ray Data wraps it in a UserCodeException); the last such line is the one that stopped the run.
+RAYMC_ERROR_LINE = re.compile(r"^raymc(?:\.\w+)+\.\w+: (.+)$", re.MULTILINE)
+
+
+def raymc_cause(error: ray.train.TrainingFailedError) -> str | None:
+    """The message of the RaymcError behind a failed Train run (e.g. a bad image under
+    --on-bad-image fail, raised in a worker or in a Ray Data task feeding it), or None when
+    the run failed for another reason (a killed worker, a lost node)."""
+    failures = [*getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None)]
+    for failure in filter(None, failures):
+        if isinstance(failure, RaymcError):
+            return str(failure)
+        found = RAYMC_ERROR_LINE.findall(str(failure))
+        if found:
+            return found[-1]
+    return None
+
+
 def run_training(config: TrainConfig) -> TrainingResult:
     """Everything `python -m raymc.train` does after parsing flags; also the Python API's core."""
     started = time.perf_counter()
@@ -256,12 +303,19 @@ def run_training(config: TrainConfig) -> TrainingResult:
     _check_batch_fits(config, spec, resources.num_workers)
     storage, name = _storage_path(config.out), config.run_name()
     check_resumable(config, storage, name)
+    finished = finished_run(config, storage, name)
+    if finished is not None:
+        logger.info("run %s/%s has finished training: publishing its newest checkpoint", storage, name)
+        return publish(config, spec, finished, storage, name, _recorded_wall_time(storage, name) or time.perf_counter() - started)
     logger.info("run %s/%s on %d workers (%s CPU, %s GPU each)", storage, name, resources.num_workers, resources.cpus, resources.gpus)
     trainer = make_trainer(config, source=source, spec=spec, resources=resources, run_config=default_run_config(name, storage, max_failures=config.max_failures))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         logger.error("training run %s failed:\n%s", name, exc)
+        cause = raymc_cause(exc)
+        if cause is not None:  # bad data or settings found while training: rerunning would not help
+            raise RaymcError(f"training run {name} failed: {cause}") from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RaymcError(
             f"training run {name} failed ({first_line}); its checkpoints in {storage}/{name} stay usable: "

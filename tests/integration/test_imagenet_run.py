@@ -3,6 +3,8 @@ the prepared-Parquet path with --cache, each a real 2-worker Ray Train run on CP
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -43,7 +45,7 @@ def test_seed_script_command_trains_on_the_image_folder(demo_imagenet, tmp_path,
     torchvision.models.resnet50(num_classes=6).load_state_dict(best["state_dict"], strict=True)
 
 
-def test_prepared_parquet_with_cache_and_bad_image_policy(demo_imagenet, tmp_path, ray_session):
+def test_prepared_parquet_with_cache_and_bad_image_policy(demo_imagenet, tmp_path, ray_session, capsys):
     info = prepare_imagenet(demo_imagenet, tmp_path / "prepared", max_side=64)
     assert info["bad_images"] == 2  # the demo's truncated JPEG and its non-image file
     argv = ["--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "runs"), "--model", "sd_resnet50",
@@ -54,4 +56,8 @@ def test_prepared_parquet_with_cache_and_bad_image_policy(demo_imagenet, tmp_pat
     # reading the folder directly with --on-bad-image fail stops at the first bad file, named
     failing = ["--data", str(demo_imagenet), "--out", str(tmp_path / "runs"), "--epochs", "1",
                "--on-bad-image", "fail", "--name", "strict", *SMALL]  # fmt: skip
+    capsys.readouterr()
     assert main(failing) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"error: training run strict failed: \S+\.JPEG: bad image \(", error), error
+    assert "--on-bad-image skip" in error
