@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import raymc  # noqa: F401  (sets the 127.0.0.1 binding before ray is imported)
 
 import pytest
 import ray
+
+# Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s after
+# its last epoch; tests run many tiny runs. Set before Ray starts, so its processes inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """The Python API on a real run: fit, then evaluate / predict / analyze_pathways by Ray Data batch inference.
 
-One tiny training run is shared by the module; the CLIs run in-process on the session's Ray.
+One tiny training run is shared by the module; it also shows early stopping (no epoch can beat
+epoch 1's val_loss by 1000, so the run stops after exactly `patience` more epochs). The CLIs run
+in-process on the session's Ray.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from raymc.predict import main as predict_main
 
 pytestmark = pytest.mark.integration
 
-TINY = {"image_size": 32, "batch": 16, "epochs": 2, "num_workers": 2, "warmup_epochs": 0.5, "lr": 0.05}
+TINY = {"image_size": 32, "batch": 16, "epochs": 6, "num_workers": 2, "warmup_epochs": 0.5, "lr": 0.05}
+EARLY_STOPPING = {"patience": 2, "monitor": "val_loss", "min_delta": 1000.0}
 
 
 @pytest.fixture(scope="module")
 def run(tiny_nyu, tmp_path_factory, ray_session) -> raymc.RunResult:
     out = tmp_path_factory.mktemp("api_runs")
-    return raymc.fit({"data": tiny_nyu, "out": str(out), **TINY}, name="api", label_smoothing=0.1)
+    return raymc.fit({"data": tiny_nyu, "out": str(out), **TINY, **EARLY_STOPPING}, name="api", label_smoothing=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,19 @@ def test_fit_returns_what_the_cli_writes(run):
     pd.testing.assert_frame_equal(run.history, on_disk)
     assert run.summary == json.loads((run_dir / "summary.json").read_text())
     assert run.best_checkpoint == str(run_dir / "best_model.pt") and Path(run.best_checkpoint).is_file()
-    assert run.best_metrics == run.summary["best_metrics"] and run.history["epoch"].tolist() == [1, 2]
+    assert run.best_metrics == run.summary["best_metrics"]
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(run, best):
+    assert run.history["epoch"].tolist() == [1, 2, 3]
+    assert run.summary["stopped_early"] and run.summary["best_epoch"] == 1
+    assert best["epoch"] == 1 and best["metrics"]["val_loss"] == run.history.loc[0, "val_loss"]
+
+
+def test_fitting_a_run_that_stopped_early_again_returns_it_without_training(run, tiny_nyu):
+    again = raymc.fit({"data": tiny_nyu, "out": str(Path(run.run_dir).parent), **TINY, **EARLY_STOPPING}, name="api", label_smoothing=0.1)
+    pd.testing.assert_frame_equal(again.history, run.history)
+    assert again.summary == run.summary
 
 
 def test_evaluate_reproduces_the_best_epochs_validation(evaluated, best):

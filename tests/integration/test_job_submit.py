@@ -1,8 +1,9 @@
 """`ray job submit --working-dir .` against a real head node, as the README tells users to run it.
 
-One private head node (127.0.0.1, free ports, its own token) serves the module: a prepare job and a
-one-epoch training job run on it, then the tests read what a user would see: the CLI's output, the
-run folder, the job API with and without the token, and the node's listening sockets.
+One private head node (127.0.0.1, free ports, its own token) serves the module: a prepare job, then
+a two-epoch training job whose driver is stopped (`ray job stop`) after its first checkpoint, then
+the same command submitted again, which resumes. The tests read what a user would see: the CLI's
+output, the run folder, the job API with and without the token, and the node's listening sockets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +42,20 @@ class Job:
 
 @dataclass
 class TrainJob:
-    job: Job
+    job: Job  # the job that resumed and finished the run
+    stopped: Job  # the first job, whose driver was stopped after its first checkpoint
+    history_at_stop: list[dict]  # the history in the run's newest checkpoint when the driver was stopped
     run_dir: Path
     sockets_seen: set[tuple[str, int, str]]  # (address, port, command) of the node's listening sockets
 
 
-def submit(head: HeadNode, *command: str, log: Path, while_running=lambda: None) -> Job:
+def submit(head: HeadNode, *command: str, log: Path, while_running=lambda: None, submission_id: str | None = None) -> Job:
     """`ray job submit --working-dir . -- command` from the repo root; the CLI waits for the job's
     end and streams its logs. while_running() is called about once a second meanwhile."""
+    named = ["--submission-id", submission_id] if submission_id else []
     with open(log, "w") as out:
         process = subprocess.Popen(
-            ["ray", "job", "submit", "--address", head.dashboard_url, "--working-dir", ".", "--", *command],
+            ["ray", "job", "submit", "--address", head.dashboard_url, *named, "--working-dir", ".", "--", *command],
             cwd=REPO, env=head.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -71,9 +76,19 @@ def head() -> HeadNode:
         yield node
 
 
+def registered_history(run_dir: Path) -> list[dict] | None:
+    """The history in a Train run's newest registered checkpoint, or None before the first one."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return None
+    name = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    return json.loads((run_dir / name / "history.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def train_job(head, tmp_path_factory) -> TrainJob:
-    """Prepare 64 tiny demo frames in one job, then train mc_resnet18 for one epoch in another."""
+    """Prepare 64 tiny demo frames in one job; train mc_resnet18 for two epochs in another, stopped
+    after its first checkpoint; then submit the same training command again."""
     root = tmp_path_factory.mktemp("job")
     mat = write_demo_nyu(root / "nyu_tiny.mat", n=64, seed=1, height=48, width=64)
     prepare = submit(
@@ -82,18 +97,31 @@ def train_job(head, tmp_path_factory) -> TrainJob:
     )  # fmt: skip
     assert prepare.returncode == 0, prepare.output[-5000:]
 
+    run_dir = root / "runs" / "job-test"
+    command = [
+        "python", "-m", "raymc.train", "--data", str(root / "prepared"), "--out", str(root / "runs"),
+        "--name", "job-test", "--epochs", "2", "--image-size", "32", "--batch", "16", "--num-workers", "2",
+    ]  # fmt: skip
     sockets: set[tuple[str, int, str]] = set()
+    at_stop: list[dict] = []
 
     def record_sockets() -> None:
         sockets.update((address, port, command_line(pid)) for address, port, pid in head.listening_sockets())
 
-    train = submit(
-        head, "python", "-m", "raymc.train", "--data", str(root / "prepared"), "--out", str(root / "runs"),
-        "--name", "job-test", "--epochs", "1", "--image-size", "32", "--batch", "16", "--num-workers", "2",
-        log=root / "train.log", while_running=record_sockets,
-    )  # fmt: skip
+    def stop_after_first_checkpoint() -> None:
+        record_sockets()
+        history = registered_history(run_dir)
+        if history and not at_stop:
+            at_stop.extend(history)
+            stop = ["ray", "job", "stop", "--address", head.dashboard_url, "train-1"]
+            subprocess.run(stop, env=head.env(), check=True, capture_output=True, timeout=60)
+
+    stopped = submit(
+        head, *command, log=root / "train-1.log", while_running=stop_after_first_checkpoint, submission_id="train-1"
+    )
+    resumed = submit(head, *command, log=root / "train-2.log", while_running=record_sockets, submission_id="train-2")
     record_sockets()
-    return TrainJob(train, root / "runs" / "job-test", sockets)
+    return TrainJob(resumed, stopped, at_stop, run_dir, sockets)
 
 
 def test_training_job_succeeds_and_writes_the_run_folder(train_job):
@@ -102,11 +130,22 @@ def test_training_job_succeeds_and_writes_the_run_folder(train_job):
     assert f"run folder: {train_job.run_dir.resolve()}" in train_job.job.output
 
     history = pd.read_csv(train_job.run_dir / "history.csv")
-    assert history["epoch"].tolist() == [1]
+    assert history["epoch"].tolist() == [1, 2]
     summary = json.loads((train_job.run_dir / "summary.json").read_text())
-    assert summary["epochs_run"] == 1 and summary["model"] == "mc_resnet18"
+    assert summary["epochs_run"] == 2 and summary["model"] == "mc_resnet18"
     best = torch.load(train_job.run_dir / "best_model.pt", weights_only=True)
-    assert best["epoch"] == 1 and len(best["classes"]) == 10
+    assert best["epoch"] in (1, 2) and len(best["classes"]) == 10
+
+
+def test_a_stopped_job_driver_leaves_a_run_the_same_command_resumes(train_job):
+    """The first job's driver was stopped after epoch 1's checkpoint; the same command submitted
+    again continued from that checkpoint: every epoch once, epoch 1 not trained again."""
+    assert "Job 'train-1' was stopped" in train_job.stopped.output
+    assert len(train_job.history_at_stop) == 1, "the driver was not stopped within epoch 2"
+    assert "resumed from the checkpoint of epoch 1" in train_job.job.output
+    history = json.loads((train_job.run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[:1] == train_job.history_at_stop
 
 
 def test_job_driver_connects_to_the_running_cluster(head, train_job):
@@ -119,7 +158,8 @@ def test_job_driver_connects_to_the_running_cluster(head, train_job):
     )
     status, body = head.http(f"/api/v0/actors?{query}", token=head.token)
     assert status == 200, body
-    assert len(json.loads(body)["data"]["result"]["result"]) == 2
+    workers = json.loads(body)["data"]["result"]["result"]
+    assert sorted(Counter(w["job_id"] for w in workers).values()) == [2, 2]  # 2 per training job
 
 
 def test_working_dir_upload_holds_the_sources_not_runs_or_git(head, train_job):
@@ -141,7 +181,7 @@ def test_job_api_refuses_requests_without_the_token(head, train_job):
     assert head.http("/api/jobs/", method="POST")[0] == 401  # a job submission without a token
     status, body = head.http("/api/jobs/", token=head.token)
     assert status == 200
-    assert sorted(job["entrypoint"].split()[2] for job in json.loads(body)) == ["raymc.prepare", "raymc.train"]
+    assert sorted(job["entrypoint"].split()[2] for job in json.loads(body)) == ["raymc.prepare", "raymc.train", "raymc.train"]
 
 
 def _is_loopback(address: str) -> bool:
@@ -167,4 +207,4 @@ def test_head_node_listens_on_loopback_only(head, train_job):
     # trains, "ray::execute.<function>" while Ray Train runs its set-up/tear-down functions on it.
     torch_store = {s for s in exposed if s[2].startswith(("ray::RayTrainWorker", "ray::execute."))}
     assert exposed - torch_store == set()
-    assert len({port for _, port, _ in torch_store}) <= 1, torch_store  # one store, in rank 0 only
+    assert len({port for _, port, _ in torch_store}) <= 2, torch_store  # one per training job, in rank 0 only
