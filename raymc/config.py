@@ -13,6 +13,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ import yaml
 
 from raymc.errors import ConfigError
 from raymc.models import MODEL_NAMES
-
 
 
 def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None) -> Any:
@@ -180,6 +180,11 @@ PLACEMENT_SETTINGS = (
     "out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "preemption_check_steps",
 )
 
+
+def changed_settings(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The settings (placement aside) that differ between a run's recorded settings and these."""
+    return sorted(k for k, v in now.items() if k in before and before[k] != v and k not in PLACEMENT_SETTINGS)
+
 # Settings the demo run uses unless the user sets them: small images, few epochs, fast on 2 CPUs.
 DEMO_DEFAULTS: dict[str, Any] = {
     "image_size": 64,
@@ -263,7 +268,7 @@ def apply_seed_script_keys(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+def coerce(name: str, value: Any, source: str) -> Any:
     """Convert a YAML value to the field's type, naming the key and file when it cannot be."""
     f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
     if value is None:
@@ -306,7 +311,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                 f"--config {path}: unknown key '{key}'; valid keys are the flags of "
                 f"`python -m raymc.train --help` (e.g. {', '.join(sorted(known)[:6])}, ...)"
             )
-        values[name] = _coerce(name, value, str(path))
+        values[name] = coerce(name, value, str(path))
     return values
 
 

@@ -23,19 +23,33 @@ import pyarrow.fs
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from raymc import checkpoint
 from raymc.cluster import init_ray
 from raymc.config import (
-    PLACEMENT_SETTINGS,
     TrainConfig,
     add_config_arguments,
     add_seed_script_arguments,
     build_config,
+    changed_settings,
 )
-from raymc.data.pipeline import DataSource, DataSpec, build_datasets, data_spec, dataset_info, start_epoch_clock
+from raymc.data.pipeline import (
+    DataSource,
+    DataSpec,
+    build_datasets,
+    data_spec,
+    dataset_info,
+    start_epoch_clock,
+)
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, RaymcError
 from raymc.loop import steps_per_epoch, train_loop_per_worker
@@ -107,7 +121,8 @@ def worker_resources(config: TrainConfig) -> WorkerResources:
     return WorkerResources(num_workers, cpus, gpus)
 
 
-def _storage_path(out: str) -> str:
+def storage_path(out: str) -> str:
+    """--out as Ray Train's storage path: a URI as given, a local path made absolute."""
     return out if "://" in out else str(Path(out).expanduser().resolve())
 
 
@@ -124,11 +139,7 @@ def check_resumable(config: TrainConfig, storage: str, name: str) -> None:
         with filesystem.open_input_stream(config_path) as stream:
             previous = json.loads(stream.read())
         if previous.get("fingerprint") != config.fingerprint():
-            changed = sorted(
-                key for key, value in config.to_dict().items()
-                if key in previous.get("config", {}) and previous["config"][key] != value
-                and key not in PLACEMENT_SETTINGS
-            )
+            changed = changed_settings(previous.get("config", {}), config.to_dict())
             raise ConfigError(
                 f"run folder {storage}/{name} was trained with other settings ({', '.join(changed) or 'unknown'}); "
                 f"rerun with the original settings to resume it, or pass a new --name"
@@ -204,7 +215,8 @@ def make_trainer(
     )
 
 
-def _check_batch_fits(config: TrainConfig, spec: DataSpec, num_workers: int) -> None:
+def check_batch_fits(config: TrainConfig, spec: DataSpec, num_workers: int) -> None:
+    """Refuse a --batch that leaves no full training step for the workers."""
     if steps_per_epoch(spec.num_train, num_workers, config) < 1:
         raise ConfigError(
             f"--batch {config.batch} is larger than the {spec.num_train} training rows split across "
@@ -300,8 +312,8 @@ def run_training(config: TrainConfig) -> TrainingResult:
     config, source = resolve_data(config)
     spec = data_spec(dataset_info(source))
     resources = worker_resources(config)
-    _check_batch_fits(config, spec, resources.num_workers)
-    storage, name = _storage_path(config.out), config.run_name()
+    check_batch_fits(config, spec, resources.num_workers)
+    storage, name = storage_path(config.out), config.run_name()
     check_resumable(config, storage, name)
     finished = finished_run(config, storage, name)
     if finished is not None:
