@@ -116,6 +116,16 @@ def _as_uri(folder: str) -> str:
     return folder if "://" in folder else str(Path(folder).expanduser().resolve())
 
 
+def split_files(folder: str, split: str) -> list[str]:
+    """The prepared folder's shards that hold only `split`'s rows (`<split>-NNNNN.parquet`), as
+    paths or URIs; reading them alone skips the other split's bytes."""
+    uri = _as_uri(folder)
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root.rstrip("/")))
+    names = sorted(Path(i.path).name for i in infos if i.is_file)
+    return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(f"{split}-") and n.endswith(".parquet")]
+
+
 def dataset_info(source: DataSource) -> dict[str, Any]:
     """dataset_info.json of a prepared folder, or the same facts scanned from an ImageFolder."""
     if source.prepared:
@@ -161,8 +171,10 @@ def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -
         columns = ["label", "index", "split", *(s.column for s in spec.streams)]
         if source.kind == "imagenet":
             columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
-        rows = ray.data.read_parquet(_as_uri(source.location), shuffle=shuffle).select_columns(columns)
-        rows = rows.filter(expr=col("split") == split)
+        files = split_files(source.location, split)
+        rows = ray.data.read_parquet(files or _as_uri(source.location), shuffle=shuffle).select_columns(columns)
+        if not files:  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
+            rows = rows.filter(expr=col("split") == split)
     if source.kind == "imagenet":
         rows = rows.map_batches(
             imagenet.decode_batch,

@@ -18,7 +18,7 @@ import scipy.io
 from raymc import prepare
 from raymc.data import nyu
 from raymc.data.demo import write_demo_nyu
-from raymc.data.pipeline import read_dataset_info
+from raymc.data.pipeline import read_dataset_info, split_files
 from raymc.errors import DataError
 
 N, H, W = 80, 24, 32  # enough rooms that grouped classes have >= 2
@@ -71,6 +71,13 @@ def test_prepare_writes_parquet_that_ray_reads_back(ray_session, mat: Path, tmp_
 
     assert json.loads((out / "dataset_info.json").read_text()) == info
     assert set(info) >= INFO_KEYS
+
+    # each shard holds one split, so a pass over one split reads none of the other's bytes
+    for split in ("train", "test"):
+        files = split_files(str(out), split)
+        assert files and all(Path(f).name.startswith(f"{split}-") for f in files)
+        assert set(pq.read_table(files, columns=["split"])["split"].to_pylist()) == {split}
+    assert len(list(out.glob("*.parquet"))) == len(split_files(str(out), "train")) + len(split_files(str(out), "test"))
     assert info["split_source"] == "grouped" and info["seed"] == 2
     assert (info["num_samples"], info["image_height"], info["image_width"]) == (N, H, W)
     assert info["classes"] == list(nyu.PROTOCOLS["nyu10"])
