@@ -1,0 +1,146 @@
+"""ImageNet ingest: raymc's Ray Data pipeline, from the JPEG folder and from prepared Parquet,
+against torchvision's ImageFolder + DataLoader.
+
+    python bench/imagenet_ingest.py --quick     # 2,048 JPEGs of about 500 x 375, quality 90
+
+All three decode every JPEG and apply RandomResizedCrop(224, scale=(0.08, 1)) + horizontal flip +
+ColorJitter(brightness 0.4, contrast 0.2, saturation 0.2) and deliver uint8 3 x 224 x 224 batches
+of the same size, with the same number of CPU processes (Ray's CPUs = DataLoader workers).
+The baseline is what a user writes by hand: `ImageFolder` (PIL decode) with torchvision's classic
+PIL transforms ending in `PILToTensor` (normalization is left to the device, as raymc does).
+The demo folder's two unreadable files are removed first, so that every arm reads the same images
+(ImageFolder would stop at them). Epochs of the arms alternate; preparing Parquet is a one-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
+from common import Row
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from raymc.config import TrainConfig
+from raymc.data.augment import COLOR_JITTER
+from raymc.data.demo import write_demo_imagenet
+from raymc.data.imagenet import prepare_imagenet, scan_image_folder
+from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
+
+BENCH = "imagenet ingest"
+SEED = 0
+CROP_SCALE = 0.08
+IMAGE_SIZE = (500, 375)  # (width, height), each side varied +-20%: about the mean ImageNet image
+QUALITY = 90
+
+
+def _drop_unreadable(root: Path) -> None:
+    """Remove files PIL cannot fully decode (the demo's truncated JPEG and HTML page)."""
+    for path in sorted(root.glob("*/*/*")):
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except OSError:  # UnidentifiedImageError is an OSError too
+            path.unlink()
+
+
+def make_data(classes: int, per_class: int) -> tuple[Path, Path, float]:
+    """(ImageFolder root, its prepared Parquet folder, seconds spent preparing now), cached."""
+    stem = f"imagenet_demo_{classes}x{per_class}_{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}_q{QUALITY}"
+
+    def write(path: Path) -> None:
+        write_demo_imagenet(
+            path, classes=classes, per_class=per_class, val_per_class=1, seed=SEED, image_size=IMAGE_SIZE,
+            quality=QUALITY,
+        )  # fmt: skip
+        _drop_unreadable(path)
+
+    root, _ = common.cached(common.cache_dir() / stem, write, in_child=True)
+    prepared, prepare_s = common.cached(common.cache_dir() / f"{stem}_prepared", lambda p: prepare_imagenet(root, p))
+    return root, prepared, prepare_s
+
+
+def baseline_loader(root: Path, *, image_size: int, batch: int, workers: int) -> DataLoader:
+    """torchvision ImageFolder + DataLoader with the same augmentation as raymc's training view."""
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size, scale=(CROP_SCALE, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(**COLOR_JITTER),
+            transforms.PILToTensor(),
+        ]
+    )
+    folder = datasets.ImageFolder(str(root / "train"), transform=transform)
+    return DataLoader(
+        folder, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+        generator=torch.Generator().manual_seed(SEED),
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
+    with common.ray_session(args.cpus) as ray_start_s:
+        root, prepared, prepare_s = make_data(args.classes, args.per_class)
+        loader = baseline_loader(root, image_size=args.image_size, batch=args.batch, workers=args.cpus)
+        config = TrainConfig(image_size=args.image_size, batch=args.batch, seed=SEED, crop_scale=CROP_SCALE)
+        clock = start_epoch_clock()
+        sources = {
+            "folder": DataSource("imagenet", str(root), folder_index=scan_image_folder(root)),
+            "parquet": DataSource("imagenet", str(prepared)),
+        }
+        trains = {
+            name: build_datasets(source, data_spec(dataset_info(source)), config, clock)["train"]
+            for name, source in sources.items()
+        }
+        arms = {
+            "dataloader": lambda e: common.loader_epoch(loader, epoch=e),
+            "folder": lambda e: common.ray_data_epoch(trains["folder"], clock, batch=args.batch, epoch=e),
+            "parquet": lambda e: common.ray_data_epoch(trains["parquet"], clock, batch=args.batch, epoch=e),
+        }
+        results = common.interleave(arms, args.reps)  # the clock actor ends with its last handle
+    base = results["dataloader"].per_second
+    setup = (
+        f"{len(loader.dataset)} JPEGs ~{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} q{QUALITY} -> {args.image_size}, "
+        f"batch {args.batch}, {args.cpus} CPUs"
+    )
+    note = f"prepare {prepare_s:.1f} s (one-off; 0 = cached)"
+    if ray_start_s is not None:
+        note += f"; Ray start {ray_start_s:.1f} s"
+    baseline = "torchvision ImageFolder + DataLoader"
+    rows = [
+        Row.throughput(BENCH, baseline, results["dataloader"], setup, workers="loader_workers"),
+        Row.throughput(BENCH, "raymc: JPEG folder -> Ray Data", results["folder"], workers="ray_workers"),
+        Row.throughput(BENCH, "raymc: Parquet -> Ray Data", results["parquet"], note, workers="ray_workers"),
+    ]
+    ratios = {
+        "imagenet_parquet": results["parquet"].per_second.ratio(base),
+        "imagenet_folder": results["folder"].per_second.ratio(base),
+    }
+    return rows, ratios
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images (under 3 minutes on 2 cores)")
+    parser.add_argument("--classes", type=int, default=16)
+    parser.add_argument("--per-class", type=int, help="train images per class (default 128 quick, 512 full)")
+    parser.add_argument("--image-size", type=int, default=224, help="crop side fed to the model")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs = DataLoader workers")
+    parser.add_argument("--reps", type=int, default=3, help="timed epochs of each (after one warm-up)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = get_args_parser().parse_args(argv)
+    if args.per_class is None:
+        args.per_class = 128 if args.quick else 512
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(common.main(run, parse_args))

@@ -1,0 +1,174 @@
+"""Training overhead: one epoch of raymc (1 Ray Train worker) against a plain single-process PyTorch
+loop with the same model, batches, optimizer, AMP setting and torch threads.
+
+    python bench/train_overhead.py --quick     # mc_resnet18 on the demo NYU set at 64 px, 1 + 3 epochs
+
+raymc: `run_training` with one worker; its history gives each epoch's time (train + validation)
+and training images/s; epochs after the first are steady state. Ray's start-up and `fit()`'s fixed
+cost (worker group, first dataset execution, checkpoints, the controller's 2 s polls) are reported
+apart. Plain loop: the same model from `build_model`, the training and validation batches held in
+memory as tensors (raymc's own views of epoch 1), SGD with the same settings, a loss `.item()` per
+step as any loop logs, validation with plain forward passes; `torch.set_num_threads` equal to the
+threads raymc's worker uses. Its epochs run before and after the raymc run (load drift hits both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+
+import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
+from common import MemoryPeaks, ResourceMeter, Row, stats, stopwatch
+
+import ray
+import torch
+from torch import nn
+
+from raymc.config import DEMO_DEFAULTS, TrainConfig
+from raymc.data.pipeline import DataSpec, build_datasets, data_spec, dataset_info, start_epoch_clock, to_model_inputs
+from raymc.data.sources import resolve_data
+from raymc.loop import Precision, model_kwargs, steps_per_epoch
+from raymc.models import build_model
+from raymc.optim import build_optimizer, build_scheduler
+from raymc.train import run_training, worker_resources
+
+BENCH = "train overhead"
+
+
+def in_memory_batches(config: TrainConfig) -> tuple[list[dict], list[dict], DataSpec]:
+    """raymc's epoch-1 training batches (whole steps only) and all validation batches, as tensors."""
+    config, source = resolve_data(config)
+    spec = data_spec(dataset_info(source))
+    clock = start_epoch_clock()
+    ray.get(clock.set.remote(1))
+    datasets = build_datasets(source, spec, config, clock)
+    steps = steps_per_epoch(spec.num_train, 1, config)
+    train = list(datasets["train"].iter_torch_batches(batch_size=config.batch, drop_last=True))[:steps]
+    val = list(datasets["val"].iter_torch_batches(batch_size=config.batch))
+    return train, val, spec
+
+
+@dataclasses.dataclass
+class PlainLoop:
+    """What a hand-written loop holds: model, optimizer, schedule, precision, loss."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    loss_fn: nn.Module
+
+
+def plain_epoch(loop: PlainLoop, train: list[dict], val: list[dict], spec: DataSpec) -> tuple[float, float]:
+    """(training seconds, epoch seconds incl. validation) of one epoch of a hand-written loop."""
+    device = torch.device("cpu")
+    model, optimizer, scheduler, precision, loss_fn = (
+        loop.model, loop.optimizer, loop.scheduler, loop.precision, loop.loss_fn
+    )
+    with stopwatch() as epoch_s:
+        model.train()
+        with stopwatch() as train_s:
+            for batch in train:
+                inputs, labels = to_model_inputs(batch, spec, device), batch["label"]
+                with precision.autocast(device):
+                    loss = loss_fn(model(*inputs).float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss.item()
+        model.eval()
+        with torch.no_grad():
+            for batch in val:
+                inputs, labels = to_model_inputs(batch, spec, device), batch["label"]
+                with precision.autocast(device):
+                    logits = model(*inputs).float()
+                nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+                (logits.argmax(1) == labels).sum().item()
+    return train_s(), epoch_s()
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
+    with common.ray_session(args.cpus) as ray_start_s, tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            **{**DEMO_DEFAULTS, "image_size": args.image_size, "batch": args.batch, "epochs": 1 + args.reps},
+            model=args.model, num_workers=1, seed=0, out=out, name="bench-train-overhead",
+        )  # fmt: skip
+        threads = worker_resources(config).torch_threads
+        train, val, spec = in_memory_batches(config)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = build_model(config.model, **model_kwargs(config, spec.num_classes))
+        optimizer = build_optimizer(model, config)
+        loop = PlainLoop(
+            model, optimizer, build_scheduler(optimizer, config, len(train)),
+            Precision.choose(torch.device("cpu"), config), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        )  # fmt: skip
+
+        plain: list[tuple[float, float]] = []
+        plain_memory = MemoryPeaks()
+        rounds = max(2, (args.reps + 1) // 2)  # plain epochs before and after the raymc run
+        with ResourceMeter() as memory:
+            plain_epoch(loop, train, val, spec)  # warm-up
+            plain += [plain_epoch(loop, train, val, spec) for _ in range(rounds)]
+        plain_memory.merge(memory.peaks)
+        torch.set_num_threads(previous_threads)
+
+        with ResourceMeter() as memory, stopwatch() as fit_s:
+            result = run_training(config)
+        raymc_memory = memory.peaks
+
+        torch.set_num_threads(threads)
+        with ResourceMeter() as memory:
+            plain += [plain_epoch(loop, train, val, spec) for _ in range(rounds)]
+        plain_memory.merge(memory.peaks)
+        torch.set_num_threads(previous_threads)
+
+    history = result.history
+    steady = history[1:]
+    images = len(train) * config.batch
+    raymc_train = stats([images / row["images_per_s"] for row in steady])
+    raymc_epoch = stats([row["epoch_time_s"] for row in steady])
+    plain_train, plain_epoch_s = stats([t for t, _ in plain]), stats([e for _, e in plain])
+    wait = sum(row["data_wait_s"] for row in steady) / sum(images / row["images_per_s"] for row in steady)
+    fixed = fit_s() - sum(row["epoch_time_s"] for row in history)
+    setup = (
+        f"{config.model} {config.image_size} px, batch {config.batch}, {len(train)} steps + {len(val)} val batches, "
+        f"{threads} torch thread(s), fp32 on CPU"
+    )
+    rows = [
+        Row(BENCH, "plain loop: epoch (train + val)", "s", plain_epoch_s, plain_memory, setup),
+        Row(BENCH, "raymc: epoch (train + val)", "s", raymc_epoch, raymc_memory, f"epochs 2-{len(history)}",
+            consumer="train_worker", workers="ray_workers"),
+        Row(BENCH, "plain loop: training part", "s", plain_train),
+        Row(BENCH, "raymc: training part", "s", raymc_train, note=f"data wait {100 * wait:.1f}% of it"),
+        Row(BENCH, "raymc: fit() start-up + tear-down", "s", stats([fixed]), note="fit() time outside its epochs"),
+    ]
+    if ray_start_s is not None:
+        rows.append(Row(BENCH, "Ray start-up", "s", stats([ray_start_s])))
+    return rows, {"overhead": raymc_epoch.ratio(plain_epoch_s)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 px crops (under 3 minutes on 2 cores)")
+    parser.add_argument("--model", default="mc_resnet18")
+    parser.add_argument("--image-size", type=int, help="crop side (default 64 quick, 112 full)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (the worker gets half)")
+    parser.add_argument("--reps", type=int, default=3, help="steady-state epochs timed (after one warm-up)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = get_args_parser().parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 64 if args.quick else 112
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(common.main(run, parse_args))
