@@ -14,7 +14,6 @@ functions, so there is one implementation of each.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import sys
@@ -30,7 +29,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from raymc.checkpoint import BEST_MODEL_FILE
-from raymc.config import SEED_SCRIPT_KEYS, TrainConfig, build_config
+from raymc.config import SEED_SCRIPT_KEYS, SETTING_NAMES, TrainConfig, build_config
 from raymc.errors import ConfigError
 from raymc.inference import (
     CountBatches,
@@ -82,7 +81,7 @@ class RunResult:
 
 def _setting_names(values: Mapping[str, Any], given_as: str) -> dict[str, Any]:
     """Settings with dashes read as underscores; unknown names refused with the closest valid one."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(SEED_SCRIPT_KEYS)
+    known = SETTING_NAMES | set(SEED_SCRIPT_KEYS)
     named = {str(key).replace("-", "_"): value for key, value in values.items()}
     for name in named:
         if name not in known:

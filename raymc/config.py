@@ -176,6 +176,9 @@ class TrainConfig:
 
 # Settings that say where and on what a run executes, not what it learns: a run may resume with
 # other values of these.
+# Every setting's name: the TrainConfig fields (flags, YAML keys and search parameters use them).
+SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
 PLACEMENT_SETTINGS = (
     "out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "preemption_check_steps",
 )
@@ -299,17 +302,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"--config {path}: expected a mapping of setting: value at the top level")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name in SEED_SCRIPT_KEYS:
             values[name] = value
             continue
-        if name not in known:
+        if name not in SETTING_NAMES:
             raise ConfigError(
                 f"--config {path}: unknown key '{key}'; valid keys are the flags of "
-                f"`python -m raymc.train --help` (e.g. {', '.join(sorted(known)[:6])}, ...)"
+                f"`python -m raymc.train --help` (e.g. {', '.join(sorted(SETTING_NAMES)[:6])}, ...)"
             )
         values[name] = coerce(name, value, str(path))
     return values

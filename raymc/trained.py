@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from raymc.checkpoint import BEST_MODEL_FILE
-from raymc.config import TrainConfig
+from raymc.config import SETTING_NAMES, TrainConfig
 from raymc.errors import DataError, RaymcError
 from raymc.models import build_model
 
@@ -92,8 +92,7 @@ def load_payload(location: str | Path) -> tuple[dict[str, Any], str]:
 
 def _train_config(values: dict[str, Any] | None) -> TrainConfig:
     """The stored settings as a TrainConfig; keys this version does not know are left out."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in (values or {}).items() if k in known})
+    return TrainConfig(**{k: v for k, v in (values or {}).items() if k in SETTING_NAMES})
 
 
 def model_from_payload(payload: dict[str, Any], path: str = "") -> nn.Module:

@@ -52,6 +52,7 @@ from raymc import results as results_io
 from raymc.cluster import init_ray
 from raymc.config import (
     PLACEMENT_SETTINGS,
+    SETTING_NAMES,
     TrainConfig,
     add_config_arguments,
     add_seed_script_arguments,
@@ -163,8 +164,7 @@ class _CheckedTrial:
 
 def check_parameter_name(name: str, path: str) -> None:
     """A searchable TrainConfig field, checked against the dataclass at run time."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if name not in known:
+    if name not in SETTING_NAMES:
         raise ConfigError(
             f"{path}: unknown parameter '{name}': parameter names are TrainConfig fields, the flags of "
             f"`python -m raymc.train --help` with underscores (e.g. lr, label_smoothing, mixup, fusion)"
@@ -267,8 +267,7 @@ def load_space(name: str) -> SearchSpace:
 
 
 def _check_fixed_name(name: str, path: Path) -> None:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if name not in known:
+    if name not in SETTING_NAMES:
         raise ConfigError(f"{path}: FIXED has unknown setting '{name}'; use TrainConfig field names")
 
 

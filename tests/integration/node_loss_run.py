@@ -26,13 +26,9 @@ from raymc.config import build_config
 from raymc.data.demo import write_demo_nyu
 from raymc.data.nyu import prepare_nyu
 from raymc.train import run_training
+from registered import latest_registered, registered_epochs  # beside this script, which runs as a file
 
 DEADLINE_S = 300
-
-
-def _latest(run_dir: Path) -> dict:
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    return json.loads(snapshot.read_text())["latest_checkpoint_result"] if snapshot.exists() else {}
 
 
 def wait_for(condition, what: str) -> None:
@@ -79,13 +75,13 @@ def main(workdir: Path) -> None:
             cluster.remove_node(next(node for node in nodes if node.node_id == node_id))
 
         def lose_two_nodes() -> None:
-            wait_for(lambda: _latest(run_dir).get("metrics", {}).get("epoch", 0) >= 1, "checkpoint of epoch 1")
+            wait_for(lambda: registered_epochs(run_dir) >= 1, "checkpoint of epoch 1")
             preempted = training_node_id()
             drain_for_preemption(cluster.address, preempted)
-            wait_for(lambda: "_step_" in _latest(run_dir).get("checkpoint_dir_name", ""), "mid-epoch checkpoint")
+            wait_for(lambda: "_step_" in latest_registered(run_dir).get("checkpoint_dir_name", ""), "mid-epoch checkpoint")
             remove(preempted)
             print("PREEMPTED", preempted, flush=True)
-            wait_for(lambda: _latest(run_dir).get("metrics", {}).get("epoch", 0) >= 2, "checkpoint of epoch 2")
+            wait_for(lambda: registered_epochs(run_dir) >= 2, "checkpoint of epoch 2")
             time.sleep(1.0)  # into epoch 3
             lost = training_node_id()
             remove(lost)

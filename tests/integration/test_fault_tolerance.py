@@ -19,6 +19,7 @@ from ray.util.state import list_actors
 from raymc.config import build_config
 from raymc.errors import RaymcError
 from raymc.train import run_training
+from tests.integration.registered import registered_epochs
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +30,9 @@ def kill_a_worker_after_a_checkpoint(run_dir: Path, *, after_epochs: int) -> thr
     """In the background: once the run has registered `after_epochs` checkpoints, SIGKILL one
     Ray Train worker process in mid-epoch."""
 
-    def registered_epochs() -> int:
-        snapshot = run_dir / "checkpoint_manager_snapshot.json"
-        if not snapshot.exists():
-            return 0
-        return json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"]
-
     def kill() -> None:
         deadline = time.monotonic() + 300
-        while registered_epochs() < after_epochs and time.monotonic() < deadline:
+        while registered_epochs(run_dir) < after_epochs and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # into the next epoch
         workers = list_actors(

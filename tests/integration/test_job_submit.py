@@ -24,6 +24,7 @@ import torch
 
 from raymc.data.demo import write_demo_nyu
 from tests.integration.head_node import HeadNode, command_line, start_head_node
+from tests.integration.registered import registered_history
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,15 +75,6 @@ def submit(head: HeadNode, *command: str, log: Path, while_running=lambda: None,
 def head() -> HeadNode:
     with start_head_node(num_cpus=2) as node:
         yield node
-
-
-def registered_history(run_dir: Path) -> list[dict] | None:
-    """The history in a Train run's newest registered checkpoint, or None before the first one."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
-        return None
-    name = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
-    return json.loads((run_dir / name / "history.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from raymc.results import load
 from raymc.results import main as results_main
 from raymc.tune import load_searcher, main
+from tests.integration.registered import registered_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # one experiment: 4 trials, killed, resumed
 
@@ -41,15 +42,6 @@ def trial_statuses(experiment: Path) -> dict[str, str]:
         return {}
     trials = (json.loads(trial) for trial, _ in state["trial_data"])
     return {t["trial_id"]: t["status"] for t in trials}
-
-
-def registered_history(run_dir: Path) -> list[dict] | None:
-    """The history in a Train run's newest registered checkpoint, or None before the first one."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
-        return None
-    name = json.loads(snapshot.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"]
-    return json.loads((run_dir / name / "history.json").read_text())
 
 
 def interruptible(statuses: dict[str, str], experiment: Path) -> bool:
