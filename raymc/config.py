@@ -59,7 +59,10 @@ class TrainConfig:
         "skip", "ImageNet: skip and log undecodable files, or fail naming the file", group="data",
         choices=("skip", "fail"),
     )
-    cache: bool = setting(False, "keep the decoded training set in Ray's object store (materialized once)", group="data")
+    cache: bool = setting(
+        False, "keep the decoded training set and the validation view in Ray's object store (materialized once)",
+        group="data",
+    )
 
     # model
     model: str | None = setting(

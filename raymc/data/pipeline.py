@@ -6,16 +6,19 @@ depth to the workers; normalization happens on the worker's device, where it is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow.fs
 import ray
 import torch
-from ray.data import FileShuffleConfig
+from ray.data import DataContext, FileShuffleConfig
 from ray.data.expressions import col
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -156,84 +159,154 @@ def data_spec(info: dict[str, Any]) -> DataSpec:
         raise DataError(f"dataset_info.json lacks key {exc}; prepare the data again with raymc.prepare") from None
 
 
-def _train_view(batch: dict[str, np.ndarray], *, clock, seed: int, image_size: int, crop_scale: float):
+def _chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """A block's rows PREPROCESS_BATCH at a time."""
+    rows = len(batch["label"])
+    for start in range(0, rows, PREPROCESS_BATCH):
+        yield {key: values[start : start + PREPROCESS_BATCH] for key, values in batch.items()}
+
+
+def _decoded(chunk: dict[str, np.ndarray], decode: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """ImageNet rows decoded to pixels; NYU rows (decode None) already hold them."""
+    return chunk if decode is None else imagenet.decode_batch(chunk, **decode)
+
+
+def _decode_block(block: dict[str, np.ndarray], *, decode: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    """Decoded rows of a block, for --cache (augmentation then runs on the cached rows)."""
+    for chunk in _chunks(block):
+        yield _decoded(chunk, decode)
+
+
+def _train_view(
+    block: dict[str, np.ndarray], *, clock, seed: int, image_size: int, crop_scale: float, decode: dict[str, Any] | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decode (where `decode` says how) and augment a whole read block, yielding it in chunks."""
     epoch = ray.get(clock.get.remote())
-    return augment_batch(batch, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
+    for chunk in _chunks(block):
+        rows = _decoded(chunk, decode)
+        if len(rows["label"]):  # every image of the chunk was undecodable and skipped
+            yield augment_batch(rows, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
+
+
+def _eval_view(
+    block: dict[str, np.ndarray], *, image_size: int, resize: int | None, decode: dict[str, Any] | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decode and centre-crop a whole read block, yielding it in chunks, each row keeping its index."""
+    for chunk in _chunks(block):
+        rows = _decoded(chunk, decode)
+        if len(rows["label"]):
+            yield {**eval_batch(rows, image_size=image_size, resize=resize), "index": np.asarray(rows["index"])}
 
 
 def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
-    """One split's rows as {rgb, [depth], label, index}, decoded where the source holds encoded images."""
+    """One split's rows as stored: {rgb, [depth], label, index} for NYU, {image bytes or path,
+    label, index} for ImageNet."""
     if not source.prepared:
         seed = config.seed if split == TRAIN_SPLIT else None
-        rows = imagenet.image_folder_dataset(source.folder_index, split, seed=seed)
-    else:
-        shuffle = FileShuffleConfig(seed=config.seed) if split == TRAIN_SPLIT else None
-        columns = ["label", "index", "split", *(s.column for s in spec.streams)]
-        if source.kind == "imagenet":
-            columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
-        files = split_files(source.location, split)
-        rows = ray.data.read_parquet(files or _as_uri(source.location), shuffle=shuffle).select_columns(columns)
-        if not files:  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
-            rows = rows.filter(expr=col("split") == split)
+        return imagenet.image_folder_dataset(source.folder_index, split, seed=seed)
+    shuffle = FileShuffleConfig(seed=config.seed) if split == TRAIN_SPLIT else None
+    columns = ["label", "index", "split", *(s.column for s in spec.streams)]
     if source.kind == "imagenet":
-        rows = rows.map_batches(
-            imagenet.decode_batch,
-            # Draft decoding (1/2, 1/4, 1/8 scale) only where the view is resized down anyway.
-            fn_kwargs={
-                "on_bad_image": config.on_bad_image,
-                "draft_size": None if split == TRAIN_SPLIT else val_short_side(config.image_size, config.val_resize),
-            },
-            batch_format="numpy",
-            batch_size=PREPROCESS_BATCH,
-        )
+        columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
+    files = split_files(source.location, split)
+    # One block per shard (NYU: its pixels are decoded and augmented in the task that read them);
+    # ImageNet's shards are cut into blocks of imagenet.DECODE_BLOCK_ROWS so decoding spreads over every CPU.
+    blocks = len(files) or None
+    if source.kind == "imagenet" and files:
+        num_rows = spec.num_train if split == TRAIN_SPLIT else spec.num_val
+        blocks = max(blocks, math.ceil(num_rows / imagenet.DECODE_BLOCK_ROWS))
+    with _parquet_reader_v1():
+        rows = ray.data.read_parquet(files or _as_uri(source.location), shuffle=shuffle, override_num_blocks=blocks)
+    rows = rows.select_columns(columns)
+    if not files:  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
+        rows = rows.filter(expr=col("split") == split)
     return rows
+
+
+@contextlib.contextmanager
+def _parquet_reader_v1() -> Iterator[None]:
+    """Build a read_parquet with Ray's first Parquet reader. Ray 2.60's default one (DataSource V2)
+    starts 32 footer-reading actors on every execution of the dataset, i.e. every epoch: measured
+    here, 1 s before the first batch and CPU taken from decoding, against 0.06 s (bench/RESULTS.md)."""
+    context = DataContext.get_current()
+    default = context.use_datasource_v2
+    context.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        context.use_datasource_v2 = default
+
+
+def _decode_args(source: DataSource, split: str, config: TrainConfig) -> dict[str, Any] | None:
+    """How to decode ImageNet's encoded images (None: NYU rows hold pixels)."""
+    if source.kind != "imagenet":
+        return None
+    # Draft decoding (1/2, 1/4, 1/8 scale) only where the view is resized down anyway.
+    draft_size = None if split == TRAIN_SPLIT else val_short_side(config.image_size, config.val_resize)
+    return {"on_bad_image": config.on_bad_image, "draft_size": draft_size}
+
+
+def _view(rows: ray.data.Dataset, fn: Callable, **fn_kwargs: Any) -> ray.data.Dataset:
+    """`fn` over whole blocks (batch_size=None): Ray Data then fuses it into the read task, so
+    full-resolution pixels never pass through the object store; `fn` yields PREPROCESS_BATCH rows
+    at a time, so batches still stream out while a block is being processed."""
+    return rows.map_batches(fn, fn_kwargs=fn_kwargs, batch_format="numpy", batch_size=None)
 
 
 def build_datasets(
     source: DataSource, spec: DataSpec, config: TrainConfig, clock: ray.actor.ActorHandle
 ) -> dict[str, ray.data.Dataset]:
-    """{"train": augmented training rows, "val": centre-cropped validation rows}."""
-    train = _rows(source, spec, TRAIN_SPLIT, config)
+    """{"train": augmented training rows, "val": centre-cropped validation rows}.
+
+    With --cache, the decoded training rows and the validation view (the same every epoch) are
+    materialized once, so each epoch only augments: no reading or decoding, no validation pipeline.
+    """
+    rows = _rows(source, spec, TRAIN_SPLIT, config)
+    decode = _decode_args(source, TRAIN_SPLIT, config)
+    val = eval_rows(source, spec, spec.val_split, config)
     if config.cache:
-        train = cache_in_object_store(train, spec)
-    train = train.map_batches(
-        _train_view,
-        fn_kwargs={"clock": clock, "seed": config.seed, "image_size": config.image_size, "crop_scale": config.crop_scale},
-        batch_format="numpy",
-        batch_size=PREPROCESS_BATCH,
-    )
-    return {"train": train, "val": eval_rows(source, spec, spec.val_split, config)}
-
-
-def _eval_view(batch: dict[str, np.ndarray], *, image_size: int, resize: int | None) -> dict[str, np.ndarray]:
-    return {**eval_batch(batch, image_size=image_size, resize=resize), "index": np.asarray(batch["index"])}
+        if decode is not None:
+            rows = _view(rows, _decode_block, decode=decode)
+            decode = None
+        cached = cache_in_object_store({"training rows": (rows, spec.num_train), "validation view": (val, spec.num_val)})
+        rows, val = cached["training rows"], cached["validation view"]
+    train = _view(
+        rows, _train_view, clock=clock, seed=config.seed, image_size=config.image_size, crop_scale=config.crop_scale,
+        decode=decode,
+    )  # fmt: skip
+    return {"train": train, "val": val}
 
 
 def eval_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
     """One split's validation view, with each row's `index` as its id: {rgb (N,3,S,S) uint8,
     [depth (N,1,S,S) float32], label, index}. Training validates on it and evaluation and
     prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on."""
-    return _rows(source, spec, split, config).map_batches(
-        _eval_view,
-        fn_kwargs={"image_size": config.image_size, "resize": config.val_resize},
-        batch_format="numpy",
-        batch_size=PREPROCESS_BATCH,
-    )
+    rows = _rows(source, spec, split, config)
+    return _view(
+        rows, _eval_view, image_size=config.image_size, resize=config.val_resize,
+        decode=_decode_args(source, split, config),
+    )  # fmt: skip
 
 
-def cache_in_object_store(rows: ray.data.Dataset, spec: DataSpec) -> ray.data.Dataset:
-    """Materialize the decoded training rows once; refuse up front when they cannot fit."""
+def cache_in_object_store(datasets: dict[str, tuple[ray.data.Dataset, int]]) -> dict[str, ray.data.Dataset]:
+    """Materialize each of {name: (rows, row count)} once, refusing up front when together they
+    would take more than 80% of the cluster's object store."""
     available = ray.cluster_resources().get("object_store_memory", 0)
-    sample = rows.take(min(16, spec.num_train))
-    per_row = np.mean([sum(np.asarray(v).nbytes for v in row.values()) for row in sample]) if sample else 0
-    needed = per_row * spec.num_train
-    if needed > 0.8 * available:
+    needed = {name: _row_bytes(rows) * count for name, (rows, count) in datasets.items()}
+    if sum(needed.values()) > 0.8 * available:
+        parts = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in needed.items())
         raise ConfigError(
-            f"--cache needs about {needed / 2**30:.1f} GiB of Ray object store for {spec.num_train} decoded "
-            f"training images, but the cluster has {available / 2**30:.1f} GiB; drop --cache, or start Ray "
-            f"with a larger --object-store-memory (or more nodes)"
+            f"--cache needs about {sum(needed.values()) / 2**30:.1f} GiB of Ray object store ({parts}), but "
+            f"the cluster has {available / 2**30:.1f} GiB; drop --cache, or start Ray with a larger "
+            f"--object-store-memory (or more nodes)"
         )
-    return rows.materialize()
+    return {name: rows.materialize() for name, (rows, _) in datasets.items()}
+
+
+def _row_bytes(rows: ray.data.Dataset) -> float:
+    """Mean size of a row, from the first few."""
+    sample = rows.take(16)
+    return float(np.mean([sum(np.asarray(v).nbytes for v in row.values()) for row in sample])) if sample else 0.0
 
 
 def to_model_inputs(

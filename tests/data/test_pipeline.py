@@ -11,9 +11,10 @@ import torch
 from ray.util.state import list_actors
 
 from raymc.data.pipeline import (
-    IMAGENET_MEAN, IMAGENET_STD, data_spec, read_dataset_info, start_epoch_clock, to_model_inputs,
+    IMAGENET_MEAN, IMAGENET_STD, cache_in_object_store, data_spec, read_dataset_info, start_epoch_clock,
+    to_model_inputs,
 )  # fmt: skip
-from raymc.errors import DataError
+from raymc.errors import ConfigError, DataError
 
 NYU_INFO = {
     "dataset": "nyu",
@@ -66,3 +67,9 @@ def test_the_epoch_clock_lives_on_the_drivers_node_and_comes_back_when_killed(ra
     ray.get(clock.set.remote(4))
     assert ray.get(clock.get.remote()) == 4
     ray.kill(clock)
+
+
+def test_cache_refuses_what_the_object_store_cannot_hold(ray_session):
+    rows = ray.data.range_tensor(4, shape=(1024,))
+    with pytest.raises(ConfigError, match=r"--cache needs about .* GiB .*training rows .*drop --cache"):
+        cache_in_object_store({"training rows": (rows, 10**9), "validation view": (rows, 4)})
