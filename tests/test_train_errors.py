@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ray
 from ray.train import ControllerError, WorkerGroupError
 
 from raymc.data.imagenet import BadImageError
@@ -28,6 +29,14 @@ def test_a_raymc_error_raised_in_a_worker_is_returned_as_it_is():
     bad = BadImageError("/data/train/n01/y.JPEG", "not an image")
     error = WorkerGroupError("rank 1 failed", {0: RuntimeError("other rank"), 1: bad})
     assert raymc_cause(error) == str(bad)
+
+
+def test_a_raymc_error_wrapped_by_a_ray_task_gives_its_own_message():
+    """What a worker holds when a Ray Data task raised it: Ray's wrapper is a BadImageError too."""
+    bad = BadImageError("/data/train/n01/z.JPEG", "not an image")
+    wrapped = ray.exceptions.RayTaskError("SplitCoordinator.get", "Ray's traceback text", bad).as_instanceof_cause()
+    assert isinstance(wrapped, BadImageError) and str(bad) not in str(wrapped).splitlines()[0]
+    assert raymc_cause(WorkerGroupError("rank 0 failed", {0: wrapped})) == str(bad)
 
 
 def test_other_failures_have_no_raymc_cause():
