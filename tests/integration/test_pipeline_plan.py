@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import ray
+from ray.data.dataset import MaterializedDataset
 
 from raymc.config import TrainConfig
 from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
@@ -32,7 +33,7 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert "ReadParquet->MapBatches(_train_view)" in operators, operators  # full-size pixels stay in the task
 
     cached = build_datasets(source, spec, dataclasses.replace(config, cache=True), clock)
-    assert isinstance(cached["val"], ray.data.MaterializedDataset)
+    assert isinstance(cached["val"], MaterializedDataset)
     val_streamed, val_cached = _epoch(streamed["val"]), _epoch(cached["val"])
     assert val_streamed.keys() == val_cached.keys() and len(val_cached) == spec.num_val
     assert all(np.array_equal(val_streamed[i], val_cached[i]) for i in val_cached)
