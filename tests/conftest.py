@@ -17,9 +17,14 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 @pytest.fixture(scope="session")
 def ray_session():
     """A local 2-CPU Ray instance bound to 127.0.0.1 (dashboard on a free port, for the state API),
-    shut down at the end of the session."""
+    shut down at the end of the session. Processes export their metrics every second (Ray's
+    default is 10 s, longer than a tiny test run lives, and a gauge ages out 2 intervals after
+    its process ends)."""
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=0)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=True, dashboard_port=0,
+            _system_config={"metrics_report_interval_ms": 1000},
+        )  # fmt: skip
     try:
         yield ray
     finally:

@@ -26,14 +26,14 @@ def tiny_config(data: str, out, **overrides):
 
 
 class MetricsScraper(threading.Thread):
-    """Scrapes the node's Prometheus export every 2 s while a run trains, as a dashboard would."""
+    """Scrapes the node's Prometheus export every second while a run trains, as a dashboard would."""
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
         self.url, self.pages, self.done = f"http://127.0.0.1:{port}/metrics", [], threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(2.0):
+        while not self.done.wait(1.0):
             self.pages.append(urllib.request.urlopen(self.url, timeout=10).read().decode())
 
 
