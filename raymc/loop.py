@@ -14,7 +14,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import nn
 
 from raymc import checkpoint
 from raymc.analysis import pathway_logits
+from raymc.batches import StartedEpoch, training_batches
 from raymc.config import TrainConfig
 from raymc.data.augment import mixup
 from raymc.data.pipeline import DataSpec, to_model_inputs
@@ -36,7 +37,6 @@ from raymc.optim import build_optimizer, build_scheduler
 from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
-
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _setup_progress_logging() -> None:
 
 def train_one_epoch(
     model: nn.Module,
-    shard,
+    batches: Iterable[dict[str, torch.Tensor]],
     *,
     spec: DataSpec,
     config: TrainConfig,
@@ -136,7 +136,7 @@ def train_one_epoch(
     telemetry: TrainingTelemetry,
     on_preemption: Callable[[int], None],
 ) -> dict[str, float]:
-    """One pass over this worker's shard; returns globally reduced loss, accuracy and data wait.
+    """One pass over this worker's training batches; returns globally reduced loss, accuracy and data wait.
 
     Starts at `first_step` when resuming inside an epoch. Raises Diverged, on every rank at the
     same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
@@ -145,13 +145,6 @@ def train_one_epoch(
     """
     model.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    per_worker_batch = config.batch // ray.train.get_context().get_world_size()
-    batches = shard.iter_torch_batches(
-        batch_size=per_worker_batch,
-        drop_last=True,
-        local_shuffle_buffer_size=4 * per_worker_batch,
-        local_shuffle_seed=config.seed * 1000 + epoch,
-    )
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
     data_wait = 0.0
     optimizer.zero_grad(set_to_none=True)
@@ -347,15 +340,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+
+    def begin_epoch(epoch: int) -> StartedEpoch:
+        """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
+        ray.get(clock.set.remote(epoch))
+        return StartedEpoch(training_batches(train_shard, config, epoch))
+
+    upcoming = begin_epoch(start_epoch) if start_epoch <= config.epochs and not stopper.should_stop else None
     for epoch in range(start_epoch, config.epochs + 1):
         if stopper.should_stop:
             break
-        ray.get(clock.set.remote(epoch))
+        batches, upcoming = upcoming, None
         telemetry.record_epoch(epoch)
         started = time.perf_counter()
         try:
             train_metrics = train_one_epoch(
-                model, train_shard, spec=spec, config=config, optimizer=optimizer, scheduler=scheduler,
+                model, batches, spec=spec, config=config, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, precision=precision, device=device, num_steps=num_steps, epoch=epoch,
                 first_step=first_step, telemetry=telemetry, on_preemption=save_before_preemption,
             )
@@ -366,6 +366,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             return
         train_time = time.perf_counter() - started
+        if epoch < config.epochs:
+            upcoming = begin_epoch(epoch + 1)  # its data pipeline starts while this epoch validates
         val_metrics, evaluation = validate(model, val_shard, spec=spec, config=config, precision=precision, device=device)
         metrics = {
             "epoch": epoch,
@@ -395,6 +397,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         save_and_report(
             {**metrics, "best_epoch": stopper.best_epoch, f"best_{config.monitor}": stopper.best}, epoch=epoch
         )
+    if upcoming is not None:  # stopped early: the epoch begun during validation will not run
+        upcoming.close()
     if rank == 0 and stopper.should_stop:
         logger.info(
             "early stopping: %s did not improve for %d epochs; best %.4f at epoch %d",
