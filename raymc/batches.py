@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import ray
+import ray.train
 
 from raymc.config import TrainConfig
 
