@@ -42,8 +42,9 @@ BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
 MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
 SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
-# Images per Ray Data block to decode: one task takes about 0.3 s of a CPU for them, and a small
-# split still spreads over every CPU (a whole 1,024-image shard per task left CPUs idle).
+# Images per Ray Data block of an ImageFolder split read directly: one task decodes them in about
+# 0.3 s of a CPU, so even a small split spreads over every CPU. (A prepared split is read one
+# shard per task, at least MIN_SHARDS of them.)
 DECODE_BLOCK_ROWS = 128
 RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
 CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG

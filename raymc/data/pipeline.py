@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -209,12 +208,9 @@ def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -
     if source.kind == "imagenet":
         columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
     files = split_files(source.location, split)
-    # One block per shard (NYU: its pixels are decoded and augmented in the task that read them);
-    # ImageNet's shards are cut into blocks of imagenet.DECODE_BLOCK_ROWS so decoding spreads over every CPU.
+    # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
+    # than files would make Ray split the read's output and run the view as separate tasks).
     blocks = len(files) or None
-    if source.kind == "imagenet" and files:
-        num_rows = spec.num_train if split == TRAIN_SPLIT else spec.num_val
-        blocks = max(blocks, math.ceil(num_rows / imagenet.DECODE_BLOCK_ROWS))
     with _parquet_reader_v1():
         rows = ray.data.read_parquet(files or _as_uri(source.location), shuffle=shuffle, override_num_blocks=blocks)
     rows = rows.select_columns(columns)

@@ -1,5 +1,5 @@
-"""The Ray Data plan on a real prepared NYU folder: pixels are read and augmented in one task, and
---cache serves the same views from the object store."""
+"""The Ray Data plan on real prepared folders: each shard is read, decoded and augmented in one task
+(NYU and ImageNet), and --cache serves the same views from the object store."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import ray
 from ray.data.dataset import MaterializedDataset
 
 from raymc.config import TrainConfig
+from raymc.data.demo import write_demo_imagenet
+from raymc.data.imagenet import prepare_imagenet
 from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
 
 
@@ -39,4 +41,20 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert all(np.array_equal(val_streamed[i], val_cached[i]) for i in val_cached)
     train = cached["train"].take_all()
     assert len(train) == spec.num_train and train[0]["rgb"].shape == (3, 32, 32)
+    ray.kill(clock)
+
+
+def test_imagenet_shards_are_read_decoded_and_augmented_in_one_task(tmp_path, ray_session):
+    # More than 8 shards x 128 images: the size at which raymc once split the read into more blocks
+    # than files, which kept Ray from fusing the view into the read.
+    demo = write_demo_imagenet(tmp_path / "demo", classes=4, per_class=272, val_per_class=2, image_size=(32, 24))
+    prepare_imagenet(demo, tmp_path / "prepared")
+    source = DataSource("imagenet", str(tmp_path / "prepared"))
+    spec = data_spec(dataset_info(source))
+    clock = start_epoch_clock()
+    ray.get(clock.set.remote(1))
+    train = build_datasets(source, spec, TrainConfig(image_size=32, batch=8, seed=3), clock)["train"]
+    assert sum(len(b["label"]) for b in train.iter_batches(batch_size=None, batch_format="numpy")) == spec.num_train
+    operators = train.stats()
+    assert "ReadParquet->MapBatches(_train_view)" in operators, operators  # no object-store hop between them
     ray.kill(clock)
