@@ -2,8 +2,8 @@
 
 Each pass over a Ray Data dataset is a new execution: its executor starts, tasks are scheduled
 and a local shuffle buffer fills before the first batch, about 2 s on 2 CPUs (bench/RESULTS.md).
-Starting the next epoch's pass while the current epoch validates hides that wait behind
-validation, which needs the training worker's device but not the Ray Data CPUs.
+With --cache, the training loop starts the next epoch's pass while the current epoch validates,
+hiding that wait: cached validation reads the object store and needs no Ray Data CPUs.
 """
 
 from __future__ import annotations

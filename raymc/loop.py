@@ -346,11 +346,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.get(clock.set.remote(epoch))
         return StartedEpoch(training_batches(train_shard, config, epoch))
 
-    upcoming = begin_epoch(start_epoch) if start_epoch <= config.epochs and not stopper.should_stop else None
+    upcoming: StartedEpoch | None = None
     for epoch in range(start_epoch, config.epochs + 1):
         if stopper.should_stop:
             break
-        batches, upcoming = upcoming, None
+        batches, upcoming = upcoming or begin_epoch(epoch), None
         telemetry.record_epoch(epoch)
         started = time.perf_counter()
         try:
@@ -366,8 +366,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             return
         train_time = time.perf_counter() - started
-        if epoch < config.epochs:
-            upcoming = begin_epoch(epoch + 1)  # its data pipeline starts while this epoch validates
+        if config.cache and epoch < config.epochs:
+            # Validation then reads the object store and runs no Ray Data tasks, so the next epoch's
+            # pipeline can start now. (Streamed validation would wait for CPUs held by that pipeline's
+            # tasks, which stall until training consumes them: 20-45 s a validation, measured.)
+            upcoming = begin_epoch(epoch + 1)
         val_metrics, evaluation = validate(model, val_shard, spec=spec, config=config, precision=precision, device=device)
         metrics = {
             "epoch": epoch,

@@ -1,8 +1,9 @@
 """The Python API on a real run: fit, then evaluate / predict / analyze_pathways by Ray Data batch inference.
 
 One tiny training run is shared by the module; it also shows early stopping (no epoch can beat
-epoch 1's val_loss by 1000, so the run stops after exactly `patience` more epochs). The CLIs run
-in-process on the session's Ray.
+epoch 1's val_loss by 1000, so the run stops after exactly `patience` more epochs). It runs with
+--cache, where each epoch's data pass starts during the previous validation, so the stop also
+closes a pass begun for an epoch that never runs. The CLIs run in-process on the session's Ray.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from raymc.predict import main as predict_main
 
 pytestmark = pytest.mark.integration
 
-TINY = {"image_size": 32, "batch": 16, "epochs": 6, "num_workers": 2, "warmup_epochs": 0.5, "lr": 0.05}
+TINY = {"image_size": 32, "batch": 16, "epochs": 6, "num_workers": 2, "warmup_epochs": 0.5, "lr": 0.05, "cache": True}
 EARLY_STOPPING = {"patience": 2, "monitor": "val_loss", "min_delta": 1000.0}
 
 
