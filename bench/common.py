@@ -27,6 +27,8 @@ import psutil
 import ray
 import torch
 
+from raymc.batches import training_batches
+
 MIB = 2**20
 # Ray's own helper processes carry ray:: titles too, but are no workers.
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
@@ -289,11 +291,9 @@ class Epoch:
 
 def ray_data_epoch(train: ray.data.Dataset, clock, *, batch: int, epoch: int) -> Epoch:
     """One pass over a raymc training dataset, iterated as the training loop does
-    (`iter_torch_batches`, local shuffle buffer of 4 batches). Epoch 0 stops after WARMUP_BATCHES."""
+    (`raymc.batches.training_batches`). Epoch 0 stops after WARMUP_BATCHES."""
     ray.get(clock.set.remote(epoch))
-    batches = train.iter_torch_batches(
-        batch_size=batch, drop_last=True, local_shuffle_buffer_size=4 * batch, local_shuffle_seed=epoch
-    )
+    batches = training_batches(train, batch_size=batch, seed=0, epoch=epoch)
     limit = WARMUP_BATCHES if epoch == 0 else None
     return _consume(iter(batches), limit=limit, count=lambda b: len(b["label"]), roles=RAY_ROLES)
 

@@ -12,20 +12,19 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import ray.train
-
-from raymc.config import TrainConfig
+import ray.data
 
 
-def training_batches(shard, config: TrainConfig, epoch: int) -> Iterable[dict[str, Any]]:
-    """One epoch of this worker's training batches: whole per-worker batches, shuffled locally
-    across blocks with a seed of (run seed, epoch)."""
-    per_worker_batch = config.batch // ray.train.get_context().get_world_size()
-    return shard.iter_torch_batches(
-        batch_size=per_worker_batch,
+def training_batches(
+    data: ray.data.Dataset | ray.data.DataIterator, *, batch_size: int, seed: int, epoch: int
+) -> Iterable[dict[str, Any]]:
+    """One epoch of training batches (a worker's shard, or a whole dataset for the benchmarks):
+    whole batches only, shuffled locally across blocks with a seed of (run seed, epoch)."""
+    return data.iter_torch_batches(
+        batch_size=batch_size,
         drop_last=True,
-        local_shuffle_buffer_size=4 * per_worker_batch,
-        local_shuffle_seed=config.seed * 1000 + epoch,
+        local_shuffle_buffer_size=4 * batch_size,
+        local_shuffle_seed=seed * 1000 + epoch,
     )
 
 

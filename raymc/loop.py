@@ -344,7 +344,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def begin_epoch(epoch: int) -> StartedEpoch:
         """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
         ray.get(clock.set.remote(epoch))
-        return StartedEpoch(training_batches(train_shard, config, epoch))
+        batches = training_batches(train_shard, batch_size=config.batch // world_size, seed=config.seed, epoch=epoch)
+        return StartedEpoch(batches)
 
     upcoming: StartedEpoch | None = None
     for epoch in range(start_epoch, config.epochs + 1):
