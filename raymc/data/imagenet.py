@@ -42,10 +42,6 @@ BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
 MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
 SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
-# Images per Ray Data block of an ImageFolder split read directly: one task decodes them in about
-# 0.3 s of a CPU, so even a small split spreads over every CPU. (A prepared split is read one
-# shard per task, at least MIN_SHARDS of them.)
-DECODE_BLOCK_ROWS = 128
 RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
 CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG
 
@@ -179,8 +175,17 @@ def image_folder_dataset(index: ImageFolderIndex, split: str, *, seed: int | Non
             "split": pa.array([split] * len(rows), type=pa.string()),
         }
     )
-    blocks = [table.slice(s, DECODE_BLOCK_ROWS) for s in range(0, len(rows), DECODE_BLOCK_ROWS)]
+    # One block per would-be shard, so a folder is read in the same tasks as its prepared shards.
+    size = shard_rows(len(rows))
+    blocks = [table.slice(s, size) for s in range(0, len(rows), size)]
     return ray.data.from_arrow(blocks or [table])
+
+
+def shard_rows(num_rows: int) -> int:
+    """Images per shard of a split, and so per Ray task: SHARD_ROWS, fewer for small splits so
+    that each has at least MIN_SHARDS. Few large tasks keep the CPUs busy: Ray Data leaves a CPU
+    idle for about 0.17 s between one task and the next (bench/RESULTS.md)."""
+    return max(1, min(SHARD_ROWS, math.ceil(num_rows / MIN_SHARDS)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,7 +408,7 @@ def _shard_jobs(
     for split in SPLITS:
         rows = index.rows[split]
         shuffled = [rows[i] for i in rng.permutation(len(rows))]
-        size = max(1, min(SHARD_ROWS, math.ceil(len(rows) / MIN_SHARDS)))
+        size = shard_rows(len(rows))
         for n, start in enumerate(range(0, len(rows), size)):
             jobs.append(
                 ShardJob(

@@ -30,8 +30,8 @@ from raymc.errors import ConfigError, DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SPLIT = "train"
-# Rows per preprocessing call: small enough that batches stream to the workers while a block is
-# still being processed, large enough to amortize the per-call overhead.
+# Rows per preprocessing call: small enough that a task holds few decoded full-resolution images
+# at a time, large enough to amortize the per-call overhead.
 PREPROCESS_BATCH = 32
 
 
@@ -245,7 +245,10 @@ def _decode_args(source: DataSource, split: str, config: TrainConfig) -> dict[st
 def _view(rows: ray.data.Dataset, fn: Callable, **fn_kwargs: Any) -> ray.data.Dataset:
     """`fn` over whole blocks (batch_size=None): Ray Data then fuses it into the read task, so
     full-resolution pixels never pass through the object store; `fn` yields PREPROCESS_BATCH rows
-    at a time, so batches still stream out while a block is being processed."""
+    at a time, so a task holds one chunk of decoded pixels at a time. Ray Data gathers the
+    yielded chunks into output blocks of up to `target_max_block_size` (128 MiB), so a shard's
+    rows reach the consumer when its task ends (measured in bench/RESULTS.md: smaller blocks
+    brought the first batch sooner but lowered throughput)."""
     return rows.map_batches(fn, fn_kwargs=fn_kwargs, batch_format="numpy", batch_size=None)
 
 

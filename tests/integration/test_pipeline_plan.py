@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import ray
@@ -11,7 +12,7 @@ from ray.data.dataset import MaterializedDataset
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_imagenet
-from raymc.data.imagenet import prepare_imagenet
+from raymc.data.imagenet import prepare_imagenet, scan_image_folder
 from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
 
 
@@ -44,17 +45,34 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     ray.kill(clock)
 
 
+def _view_tasks(train: ray.data.Dataset, num_rows: int) -> int:
+    """Run one epoch of a training view; how many tasks ran its view."""
+    assert sum(len(b["label"]) for b in train.iter_batches(batch_size=None, batch_format="numpy")) == num_rows
+    operators = train.stats()
+    found = re.search(r"MapBatches\(_train_view\): (\d+) tasks executed", operators)
+    assert found, operators
+    return int(found.group(1))
+
+
 def test_imagenet_shards_are_read_decoded_and_augmented_in_one_task(tmp_path, ray_session):
     # More than 8 shards x 128 images: the size at which raymc once split the read into more blocks
     # than files, which kept Ray from fusing the view into the read.
     demo = write_demo_imagenet(tmp_path / "demo", classes=4, per_class=272, val_per_class=2, image_size=(32, 24))
     prepare_imagenet(demo, tmp_path / "prepared")
+    config = TrainConfig(image_size=32, batch=8, seed=3)
     source = DataSource("imagenet", str(tmp_path / "prepared"))
     spec = data_spec(dataset_info(source))
     clock = start_epoch_clock()
     ray.get(clock.set.remote(1))
-    train = build_datasets(source, spec, TrainConfig(image_size=32, batch=8, seed=3), clock)["train"]
-    assert sum(len(b["label"]) for b in train.iter_batches(batch_size=None, batch_format="numpy")) == spec.num_train
+    train = build_datasets(source, spec, config, clock)["train"]
+    shards = len(list((tmp_path / "prepared").glob("train-*.parquet")))
+    assert _view_tasks(train, spec.num_train) == shards
     operators = train.stats()
     assert "ReadParquet->MapBatches(_train_view)" in operators, operators  # no object-store hop between them
+
+    # The folder itself is read in as many tasks as it has prepared shards, not in small blocks
+    # (Ray Data idles a CPU between one task and the next).
+    folder = DataSource("imagenet", str(demo), folder_index=scan_image_folder(demo))
+    folder_train = build_datasets(folder, data_spec(dataset_info(folder)), config, clock)["train"]
+    assert _view_tasks(folder_train, spec.num_train) == shards
     ray.kill(clock)
