@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from raymc.api import callable_module, evaluate, load_model, open_data, show_predictions
 from raymc.config import flag_names
-from raymc.errors import RaymcError
+from raymc.errors import cli_main
 from raymc.outputs import _write_bytes, _write_figure, _write_json, confusion_figure, pathways_figure
 
 SPLITS = ("test", "val", "train")
@@ -90,17 +90,14 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         print("pathways: " + "  ".join(f"{name} {value:.4f}" for name, value in metrics["pathways"].items()))
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        model = load_model(args.checkpoint)
-        data = open_data(model, args.data, args.split)
-        metrics = evaluate(model, data, batch_size=args.batch_size)
-        written = write_evaluation(args.out, metrics, show_predictions(model, data))
-    except RaymcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = load_model(args.checkpoint)
+    data = open_data(model, args.data, args.split)
+    metrics = evaluate(model, data, batch_size=args.batch_size)
+    written = write_evaluation(args.out, metrics, show_predictions(model, data))
     _print_metrics(metrics)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -19,7 +19,7 @@ import ray
 
 from raymc.api import callable_module, predict
 from raymc.config import flag_names
-from raymc.errors import ConfigError, RaymcError
+from raymc.errors import ConfigError, cli_main
 from raymc.evaluate import add_inference_arguments
 
 
@@ -51,16 +51,13 @@ def write_predictions(predictions: ray.data.Dataset, out: str | Path) -> int:
     return table.num_rows
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        rows = write_predictions(
-            predict(args.checkpoint, args.data, args.split, batch_size=args.batch_size, probs=args.probs), args.out
-        )
-    except RaymcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rows = write_predictions(
+        predict(args.checkpoint, args.data, args.split, batch_size=args.batch_size, probs=args.probs), args.out
+    )
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 

@@ -19,7 +19,7 @@ from raymc.config import flag_names
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
 from raymc.data.imagenet import BAD_IMAGE_POLICIES, BAD_IMAGES_FILE, prepare_imagenet
 from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS, prepare_nyu
-from raymc.errors import RaymcError
+from raymc.errors import cli_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -181,15 +181,12 @@ def _run_demo_imagenet(args: argparse.Namespace) -> None:
     )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a user error prints `error: <message>` on one line and returns 2."""
+    """Run one subcommand."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args.func(args)
-    except RaymcError as e:
-        print(f"error: {str(e).replace(chr(10), ' ')}", file=sys.stderr)
-        return 2
+    args.func(args)
     return 0
 
 

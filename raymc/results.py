@@ -29,7 +29,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
-from raymc.errors import DataError, RaymcError
+from raymc.errors import DataError, cli_main
 from raymc.outputs import (
     _write_bytes,
     _write_figure,
@@ -322,17 +322,14 @@ def _print_experiment(results: Results, n: int) -> None:
         print(f"  weights: {best['best_model']}")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        results = load(args.path)
-        (_print_run if results.kind == "run" else _print_experiment)(results, args.top)
-        if args.plots:
-            for plot in redraw_plots(results):
-                print(f"plot: {plot}")
-    except RaymcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results = load(args.path)
+    (_print_run if results.kind == "run" else _print_experiment)(results, args.top)
+    if args.plots:
+        for plot in redraw_plots(results):
+            print(f"plot: {plot}")
     return 0
 
 

@@ -51,7 +51,7 @@ from raymc.data.pipeline import (
     start_epoch_clock,
 )
 from raymc.data.sources import resolve_data
-from raymc.errors import ConfigError, RaymcError
+from raymc.errors import ConfigError, RaymcError, cli_main
 from raymc.loop import steps_per_epoch, train_loop_per_worker
 from raymc.outputs import write_run_outputs
 
@@ -369,16 +369,12 @@ def _print_summary(result: TrainingResult) -> None:
         print("pathways: " + "  ".join(f"{k} {v:.4f}" for k, v in s["pathways"].items()))
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = vars(get_args_parser().parse_args(argv))
     yaml_path = args.pop("config", None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config = build_config(args, yaml_path=yaml_path)
-        result = run_training(config)
-    except RaymcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = run_training(build_config(args, yaml_path=yaml_path))
     _print_summary(result)
     return 0
 

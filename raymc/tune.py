@@ -64,7 +64,7 @@ from raymc.config import (
 )
 from raymc.data.pipeline import DataSource, DataSpec, data_spec, dataset_info
 from raymc.data.sources import resolve_data
-from raymc.errors import ConfigError, RaymcError
+from raymc.errors import ConfigError, RaymcError, cli_main
 from raymc.train import (
     WorkerResources,
     check_batch_fits,
@@ -992,6 +992,7 @@ def _print_results(results: results_io.Results) -> None:
         print(f"  weights: {best['best_model']}")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = vars(get_args_parser().parse_args(argv))
     settings = SearchSettings(**{key: args.pop(key) for key in SEARCH_FLAGS})
@@ -999,13 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    try:
-        space = load_space(settings.space)
-        config = experiment_config(args, yaml_path=yaml_path, space=space, metric=settings.metric)
-        results = run_search(config, settings, space)
-    except RaymcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    space = load_space(settings.space)
+    config = experiment_config(args, yaml_path=yaml_path, space=space, metric=settings.metric)
+    results = run_search(config, settings, space)
     _print_results(results)
     print(f"search time: {time.perf_counter() - started:.0f} s")
     return 0
