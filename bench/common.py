@@ -17,7 +17,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,7 +266,6 @@ def machine() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-WARMUP_BATCHES = 4  # epoch 0 of an arm is a warm-up: worker processes started, imports done, files cached
 LOADER_ROLES = ("main", "loader_workers")
 RAY_ROLES = ("main", "ray_workers", "ray_system")
 
@@ -291,27 +290,24 @@ class Epoch:
 
 def ray_data_epoch(train: ray.data.Dataset, clock, *, batch: int, epoch: int) -> Epoch:
     """One pass over a raymc training dataset, iterated as the training loop does
-    (`raymc.batches.training_batches`). Epoch 0 stops after WARMUP_BATCHES."""
+    (`raymc.batches.training_batches`)."""
     ray.get(clock.set.remote(epoch))
     batches = training_batches(train, batch_size=batch, seed=0, epoch=epoch)
-    limit = WARMUP_BATCHES if epoch == 0 else None
-    return _consume(iter(batches), limit=limit, count=lambda b: len(b["label"]), roles=RAY_ROLES)
+    return _consume(batches, count=lambda b: len(b["label"]), roles=RAY_ROLES)
 
 
 def loader_epoch(loader: torch.utils.data.DataLoader, *, epoch: int) -> Epoch:
-    """One pass over a DataLoader yielding (images, ..., labels). Epoch 0 stops after WARMUP_BATCHES."""
-    limit = WARMUP_BATCHES if epoch == 0 else None
-    return _consume(iter(loader), limit=limit, count=lambda b: len(b[-1]), roles=LOADER_ROLES)
+    """One pass over a DataLoader yielding (images, ..., labels)."""
+    return _consume(loader, count=lambda b: len(b[-1]), roles=LOADER_ROLES)
 
 
-def _consume(batches: Iterator, *, limit: int | None, count: Callable[[object], int], roles: tuple[str, ...]) -> Epoch:
+def _consume(batches: Iterable, *, count: Callable[[object], int], roles: tuple[str, ...]) -> Epoch:
+    """A whole pass, timed from the start of its iteration: DataLoader workers start and Ray Data
+    executions begin inside the measurement."""
     samples = 0
     with ResourceMeter() as meter, stopwatch() as elapsed:
-        for i, b in enumerate(batches):
+        for b in batches:
             samples += count(b)
-            if limit is not None and i + 1 >= limit:
-                break
-        del batches  # an abandoned iterator shuts its DataLoader workers or Ray Data execution down
     return Epoch(samples, elapsed(), meter.peaks, sum(meter.cpu.get(role, 0.0) for role in roles))
 
 
@@ -325,7 +321,8 @@ class ArmResult:
 
 
 def interleave(arms: dict[str, Callable[[int], Epoch]], reps: int) -> dict[str, ArmResult]:
-    """An untimed warm-up (epoch 0) of each arm, then `reps` rounds of one epoch of each, in turn, so
+    """An untimed warm-up (epoch 0, a whole pass: every worker process started, imports done,
+    files cached) of each arm, then `reps` rounds of one epoch of each, in turn, so
     that a change of machine load hits every arm alike. Arms take the epoch number."""
     for measure in arms.values():
         measure(0)
