@@ -27,11 +27,18 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def train_transforms(image_size: int, crop_scale: float) -> tuple[v2.Transform, v2.Transform]:
-    """(geometric, photometric): the first for every stream at once, the second for RGB only."""
+    """(geometric, photometric): the first for every stream at once, the second for RGB only.
+
+    The jitter runs on float pixels: on uint8, each of its three adjustments converts to float and
+    back, which made it take 0.64 ms of a 224 px image's augmentation instead of 0.43 ms.
+    """
     geometric = v2.Compose(
         [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     )
-    return geometric, v2.ColorJitter(**COLOR_JITTER)
+    photometric = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.ColorJitter(**COLOR_JITTER), v2.ToDtype(torch.uint8, scale=True)]
+    )
+    return geometric, photometric
 
 
 def val_short_side(image_size: int, resize: int | None) -> int:
