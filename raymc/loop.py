@@ -71,9 +71,14 @@ def model_kwargs(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
+def worker_batch(config: TrainConfig, world_size: int) -> int:
+    """Each worker's share of the global --batch."""
+    return config.batch // world_size
+
+
 def steps_per_epoch(num_train: int, world_size: int, config: TrainConfig) -> int:
     """Batches each worker sees per epoch: rows are split equally and the last partial batch dropped."""
-    return (num_train // world_size) // (config.batch // world_size)
+    return (num_train // world_size) // worker_batch(config, world_size)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -214,7 +219,7 @@ def validate(
     ks = (1, 5) if num_classes >= 5 else (1,)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     sums: dict[str, torch.Tensor] = {}
-    per_worker_batch = config.batch // ray.train.get_context().get_world_size()
+    per_worker_batch = worker_batch(config, ray.train.get_context().get_world_size())
     for batch in shard.iter_torch_batches(batch_size=per_worker_batch):
         inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
         labels = batch["label"].to(device, non_blocking=True)
@@ -344,7 +349,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     def begin_epoch(epoch: int) -> StartedEpoch:
         """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
         ray.get(clock.set.remote(epoch))
-        batches = training_batches(train_shard, batch_size=config.batch // world_size, seed=config.seed, epoch=epoch)
+        batches = training_batches(
+            train_shard, batch_size=worker_batch(config, world_size), seed=config.seed, epoch=epoch
+        )
         return StartedEpoch(batches)
 
     upcoming: StartedEpoch | None = None
