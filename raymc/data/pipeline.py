@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.fs
 import ray
 import torch
-from ray.data import DataContext, FileShuffleConfig
+from ray.data import DataContext, FileShuffleConfig, RandomSeedConfig
 from ray.data.expressions import col
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -269,6 +269,11 @@ def build_datasets(
             decode = None
         cached = cache_in_object_store({"training rows": (rows, spec.num_train), "validation view": (val, spec.num_val)})
         rows, val = cached["training rows"], cached["validation view"]
+    if config.cache or not source.prepared:
+        # Rows held in memory (--cache's, or a folder's table of paths) would come in the same block
+        # order every pass, leaving only the local shuffle buffer to vary an epoch; Parquet reads
+        # get a new file order per pass from their FileShuffleConfig instead.
+        rows = rows.randomize_block_order(seed=RandomSeedConfig(config.seed, reseed_after_execution=True))
     train = _view(
         rows, _train_view, clock=clock, seed=config.seed, image_size=config.image_size, crop_scale=config.crop_scale,
         decode=decode,

@@ -1,5 +1,6 @@
 """The Ray Data plan on real prepared folders: each shard is read, decoded and augmented in one task
-(NYU and ImageNet), and --cache serves the same views from the object store."""
+(NYU and ImageNet), --cache serves the same views from the object store, and training rows held
+in memory come in a new block order every pass."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def _epoch(dataset: ray.data.Dataset) -> dict[int, np.ndarray]:
     return rows
 
 
+def _row_order(train: ray.data.Dataset) -> list[bytes]:
+    """The training views of one pass, in the order they come (the clock's epoch fixes the views)."""
+    return [rgb.tobytes() for b in train.iter_batches(batch_size=None, batch_format="numpy") for rgb in b["rgb"]]
+
+
+def _assert_new_order_each_pass(train: ray.data.Dataset) -> None:
+    first, second = _row_order(train), _row_order(train)
+    assert sorted(first) == sorted(second), "a pass lost or repeated rows"
+    assert first != second, "two passes came in the same order"
+
+
 def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_nyu):
     source = DataSource("nyu", tiny_nyu)
     spec = data_spec(dataset_info(source))
@@ -34,6 +46,7 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert sum(labels) == spec.num_train
     operators = streamed["train"].stats()
     assert "ReadParquet->MapBatches(_train_view)" in operators, operators  # full-size pixels stay in the task
+    _assert_new_order_each_pass(streamed["train"])
 
     cached = build_datasets(source, spec, dataclasses.replace(config, cache=True), clock)
     assert isinstance(cached["val"], MaterializedDataset)
@@ -42,6 +55,7 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert all(np.array_equal(val_streamed[i], val_cached[i]) for i in val_cached)
     train = cached["train"].take_all()
     assert len(train) == spec.num_train and train[0]["rgb"].shape == (3, 32, 32)
+    _assert_new_order_each_pass(cached["train"])
     ray.kill(clock)
 
 
@@ -75,4 +89,5 @@ def test_imagenet_shards_are_read_decoded_and_augmented_in_one_task(tmp_path, ra
     folder = DataSource("imagenet", str(demo), folder_index=scan_image_folder(demo))
     folder_train = build_datasets(folder, data_spec(dataset_info(folder)), config, clock)["train"]
     assert _view_tasks(folder_train, spec.num_train) == shards
+    _assert_new_order_each_pass(folder_train)
     ray.kill(clock)
