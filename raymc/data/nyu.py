@@ -55,6 +55,9 @@ SPLIT_KEYS: tuple[str, str] = ("trainNdxs", "testNdxs")
 SPLIT_NAMES: tuple[str, str] = ("train", "test")
 SHARD_BYTES = 128 * 2**20  # per Parquet shard: ~60 full-size NYU samples
 MIN_SHARDS = 8  # enough Ray tasks to keep a small cluster busy on small files
+# Part of prepared_nyu_cache's key, so a cache written in an older layout is prepared again rather
+# than reused. 2: one file per shard and split (train-NNNNN.parquet); 1: shards mixing splits.
+PREPARED_LAYOUT = 2
 
 _FIX_MAT = (
     "pass the labeled NYU Depth V2 file nyu_depth_v2_labeled.mat (download it again if damaged)"
@@ -596,6 +599,7 @@ def prepared_nyu_cache(
     """Prepare the .mat once into a cache folder keyed by file identities, protocol and seed,
     and return that folder; later calls with the same inputs reuse it."""
     key = {
+        "layout": PREPARED_LAYOUT,
         "mat": _file_identity(Path(mat), "mat"),
         "splits": _file_identity(Path(splits), "splits") if splits is not None else None,
         "protocol": protocol,

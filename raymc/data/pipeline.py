@@ -121,11 +121,16 @@ def _as_uri(folder: str) -> str:
 def split_files(folder: str, split: str) -> list[str]:
     """The prepared folder's shards that hold only `split`'s rows (`<split>-NNNNN.parquet`), as
     paths or URIs; reading them alone skips the other split's bytes."""
+    return _parquet_files(folder, prefix=f"{split}-")
+
+
+def _parquet_files(folder: str, *, prefix: str = "") -> list[str]:
+    """The folder's Parquet files whose names start with `prefix`, sorted, as paths or URIs."""
     uri = _as_uri(folder)
     filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root.rstrip("/")))
     names = sorted(Path(i.path).name for i in infos if i.is_file)
-    return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(f"{split}-") and n.endswith(".parquet")]
+    return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(prefix) and n.endswith(".parquet")]
 
 
 def dataset_info(source: DataSource) -> dict[str, Any]:
@@ -197,7 +202,7 @@ def _eval_view(
             yield {**eval_batch(rows, image_size=image_size, resize=resize), "index": np.asarray(rows["index"])}
 
 
-def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
+def stored_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
     """One split's rows as stored: {rgb, [depth], label, index} for NYU, {image bytes or path,
     label, index} for ImageNet."""
     if not source.prepared:
@@ -208,13 +213,17 @@ def _rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -
     if source.kind == "imagenet":
         columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
     files = split_files(source.location, split)
+    mixed = not files  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
+    if mixed:
+        files = _parquet_files(source.location)
     # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
     # than files would make Ray split the read's output and run the view as separate tasks).
-    blocks = len(files) or None
     with _parquet_reader_v1():
-        rows = ray.data.read_parquet(files or _as_uri(source.location), shuffle=shuffle, override_num_blocks=blocks)
+        rows = ray.data.read_parquet(
+            files or _as_uri(source.location), shuffle=shuffle, override_num_blocks=len(files) or None
+        )
     rows = rows.select_columns(columns)
-    if not files:  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
+    if mixed:
         rows = rows.filter(expr=col("split") == split)
     return rows
 
@@ -260,7 +269,7 @@ def build_datasets(
     With --cache, the decoded training rows and the validation view (the same every epoch) are
     materialized once, so each epoch only augments: no reading or decoding, no validation pipeline.
     """
-    rows = _rows(source, spec, TRAIN_SPLIT, config)
+    rows = stored_rows(source, spec, TRAIN_SPLIT, config)
     decode = _decode_args(source, TRAIN_SPLIT, config)
     val = eval_rows(source, spec, spec.val_split, config)
     if config.cache:
@@ -285,7 +294,7 @@ def eval_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfi
     """One split's validation view, with each row's `index` as its id: {rgb (N,3,S,S) uint8,
     [depth (N,1,S,S) float32], label, index}. Training validates on it and evaluation and
     prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on."""
-    rows = _rows(source, spec, split, config)
+    rows = stored_rows(source, spec, split, config)
     return _view(
         rows, _eval_view, image_size=config.image_size, resize=config.val_resize,
         decode=_decode_args(source, split, config),

@@ -238,6 +238,10 @@ def test_cache_prepares_once_and_tracks_the_file(
 
     monkeypatch.setattr(nyu, "prepare_nyu", refuse)
     assert nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache) == first
+    with pytest.MonkeyPatch.context() as patch:  # a cache written in another layout is not reused
+        patch.setattr(nyu, "PREPARED_LAYOUT", nyu.PREPARED_LAYOUT + 1)
+        with pytest.raises(AssertionError, match="prepared again"):
+            nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache)
     os.utime(source, ns=(0, 0))  # a changed file needs a new entry
     with pytest.raises(AssertionError, match="prepared again"):
         nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache)

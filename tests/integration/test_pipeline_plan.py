@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from ray.data.dataset import MaterializedDataset
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_imagenet
 from raymc.data.imagenet import prepare_imagenet, scan_image_folder
-from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
+from raymc.data.pipeline import (
+    DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock, stored_rows,
+)  # fmt: skip
 
 
 def _epoch(dataset: ray.data.Dataset) -> dict[int, np.ndarray]:
@@ -57,6 +63,23 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert len(train) == spec.num_train and train[0]["rgb"].shape == (3, 32, 32)
     _assert_new_order_each_pass(cached["train"])
     ray.kill(clock)
+
+
+def test_a_folder_whose_shards_mix_splits_is_read_one_block_per_shard(tiny_nyu, tmp_path):
+    """Folders prepared before per-split files (raymc 0.1): Ray's default read parallelism cut
+    them into blocks of 2-5 rows, each a task of its own every epoch."""
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(Path(tiny_nyu) / "dataset_info.json", legacy)
+    trains = sorted(Path(tiny_nyu).glob("train-*.parquet"))
+    for i, train_file in enumerate(trains):
+        mixed = [pq.read_table(train_file)] + [pq.read_table(f) for f in Path(tiny_nyu).glob(f"test-{i:05d}.parquet")]
+        pq.write_table(pa.concat_tables(mixed), legacy / f"part-{i:05d}.parquet")
+    source = DataSource("nyu", str(legacy))
+    spec = data_spec(dataset_info(source))
+    rows = stored_rows(source, spec, "train", TrainConfig(data=str(legacy))).materialize()
+    assert rows.count() == spec.num_train and set(rows.unique("split")) == {"train"}
+    assert rows.num_blocks() == len(trains)
 
 
 def _view_tasks(train: ray.data.Dataset, num_rows: int) -> int:
