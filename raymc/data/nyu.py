@@ -596,8 +596,8 @@ def prepared_nyu_cache(
     seed: int = 0,
     cache_dir: str | os.PathLike,
 ) -> Path:
-    """Prepare the .mat once into a cache folder keyed by file identities, protocol and seed,
-    and return that folder; later calls with the same inputs reuse it."""
+    """Prepare the .mat once into a cache folder keyed by file identities, protocol, seed and
+    PREPARED_LAYOUT, and return that folder; later calls with the same inputs reuse it."""
     key = {
         "layout": PREPARED_LAYOUT,
         "mat": _file_identity(Path(mat), "mat"),
