@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
-from common import Row
-
 import torch
+from common import Row
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -29,7 +28,8 @@ from torchvision import datasets, transforms
 from raymc.config import TrainConfig
 from raymc.data.augment import COLOR_JITTER
 from raymc.data.demo import write_demo_imagenet
-from raymc.data.imagenet import prepare_imagenet, scan_image_folder
+from raymc.data.imagenet import scan_image_folder
+from raymc.data.imagenet_prepare import prepare_imagenet
 from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
 
 BENCH = "imagenet ingest"
@@ -55,9 +55,14 @@ def make_data(classes: int, per_class: int) -> tuple[Path, Path, float]:
 
     def write(path: Path) -> None:
         write_demo_imagenet(
-            path, classes=classes, per_class=per_class, val_per_class=1, seed=SEED, image_size=IMAGE_SIZE,
+            path,
+            classes=classes,
+            per_class=per_class,
+            val_per_class=1,
+            seed=SEED,
+            image_size=IMAGE_SIZE,
             quality=QUALITY,
-        )  # fmt: skip
+        )
         _drop_unreadable(path)
 
     root, _ = common.cached(common.cache_dir() / stem, write, in_child=True)
@@ -77,9 +82,13 @@ def baseline_loader(root: Path, *, image_size: int, batch: int, workers: int) ->
     )
     folder = datasets.ImageFolder(str(root / "train"), transform=transform)
     return DataLoader(
-        folder, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+        folder,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
         generator=torch.Generator().manual_seed(SEED),
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:

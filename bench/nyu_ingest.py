@@ -24,18 +24,17 @@ import sys
 from pathlib import Path
 
 import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
-from common import Epoch, Row
-
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from common import Epoch, Row
 from torch.utils.data import DataLoader, Dataset
 
 from raymc.config import TrainConfig
 from raymc.data.augment import augment_batch
 from raymc.data.demo import write_demo_nyu
-from raymc.data.nyu import prepare_nyu
+from raymc.data.nyu_prepare import prepare_nyu
 from raymc.data.pipeline import DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock
 
 BENCH = "nyu ingest"
@@ -96,9 +95,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         indices, labels = train_rows(prepared)
         dataset = SeedNyuDataset(mat, indices, labels, image_size=args.image_size)
         loader = DataLoader(
-            dataset, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.cpus,
+            dataset,
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.cpus,
             generator=torch.Generator().manual_seed(SEED),
-        )  # fmt: skip
+        )
         source = DataSource("nyu", str(prepared))
         config = TrainConfig(
             data=str(prepared), image_size=args.image_size, batch=args.batch, seed=SEED, crop_scale=CROP_SCALE
@@ -131,7 +134,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         Row.throughput(BENCH, "seed: h5py Dataset + DataLoader", seed, setup, workers="loader_workers"),
         Row.throughput(BENCH, "raymc: Parquet -> Ray Data", raymc_, note, workers="ray_workers"),
         Row.throughput(
-            BENCH, "raymc --cache: object store -> Ray Data", cached_,
+            BENCH,
+            "raymc --cache: object store -> Ray Data",
+            cached_,
             f"{cached_.per_second.ratio(seed.per_second):.2f}x the seed; caching {cache_s():.1f} s (one-off)",
             workers="ray_workers",
         ),

@@ -17,16 +17,16 @@ import sys
 
 from raymc.config import flag_names
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
-from raymc.data.imagenet import BAD_IMAGE_POLICIES, BAD_IMAGES_FILE, prepare_imagenet
-from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS, prepare_nyu
+from raymc.data.imagenet import BAD_IMAGE_POLICIES
+from raymc.data.imagenet_prepare import BAD_IMAGES_FILE, prepare_imagenet
+from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS
+from raymc.data.nyu_prepare import prepare_nyu
 from raymc.errors import cli_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The parser with one subcommand per dataset or demo."""
-    parser = argparse.ArgumentParser(
-        prog="python -m raymc.prepare", description="Prepare datasets for raymc training."
-    )
+    parser = argparse.ArgumentParser(prog="python -m raymc.prepare", description="Prepare datasets for raymc training.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_nyu_parser(subparsers)
     _add_demo_nyu_parser(subparsers)
@@ -42,8 +42,7 @@ def _add_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         *flag_names("splits"),
         default=None,
-        help="official splits.mat (trainNdxs, testNdxs); without it, a seeded split "
-        "that keeps every room on one side",
+        help="official splits.mat (trainNdxs, testNdxs); without it, a seeded split that keeps every room on one side",
     )
     p.add_argument(*flag_names("protocol"), default="nyu10", choices=sorted(PROTOCOLS))
     p.add_argument(*flag_names("seed"), type=int, default=0, help="seed of the grouped split")

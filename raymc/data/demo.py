@@ -40,10 +40,7 @@ CHUNK_SAMPLES = 8  # HDF5 chunks span several samples, like the real file
 DEFLATE_LEVEL = 3
 USERBLOCK = 512
 # A fixed date keeps demo files byte-identical for a seed.
-HEADER_TEXT = (
-    "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
-    "HDF5 schema 1.00 ."
-)
+HEADER_TEXT = "MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
 
 
 @dataclass(frozen=True)
@@ -129,9 +126,7 @@ def _make_room(label: int, size: int, rng: np.random.Generator, taken: set[str])
     )
 
 
-def _render_frame(
-    room: _Room, rng: np.random.Generator, height: int, width: int
-) -> tuple[np.ndarray, ...]:
+def _render_frame(room: _Room, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, ...]:
     """One frame: RGB (H, W, 3), depth and raw depth (H, W), per-pixel labels and instances."""
     objects = _objects(rng, height, width)
     rgb = _render_rgb(room, objects, rng, height, width)
@@ -202,18 +197,14 @@ def _render_depth(
     return depth.astype(np.float32), labels, instances
 
 
-def _missing_mask(
-    rng: np.random.Generator, height: int, width: int, fraction: float, *, border: float
-) -> np.ndarray:
+def _missing_mask(rng: np.random.Generator, height: int, width: int, fraction: float, *, border: float) -> np.ndarray:
     """Pixels without a reading: scattered holes plus an invalid left border band."""
     mask = rng.random((height, width)) < fraction
     mask[:, : int(width * border)] = True
     return mask
 
 
-def _smooth_noise(
-    rng: np.random.Generator, height: int, width: int, *, cells: tuple[int, int]
-) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, *, cells: tuple[int, int]) -> np.ndarray:
     """Low-frequency texture: a coarse random grid upsampled bilinearly to (height, width)."""
     coarse = rng.normal(0.0, 1.0, cells)
     xs = np.linspace(0, cells[1] - 1, width)
@@ -260,9 +251,7 @@ def write_nyu_mat(
     return path
 
 
-def _write_array(
-    f: h5py.File, key: str, array: np.ndarray, matlab_class: str, dtype: type[np.generic]
-) -> None:
+def _write_array(f: h5py.File, key: str, array: np.ndarray, matlab_class: str, dtype: type[np.generic]) -> None:
     """A numeric MATLAB array, chunked across CHUNK_SAMPLES samples and deflated."""
     chunks = (min(CHUNK_SAMPLES, len(array)), *array.shape[1:])
     ds = f.create_dataset(
@@ -408,9 +397,7 @@ def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _render_image(
-    cue: _Cue, rng: np.random.Generator, image_size: tuple[int, int]
-) -> Image.Image:
+def _render_image(cue: _Cue, rng: np.random.Generator, image_size: tuple[int, int]) -> Image.Image:
     """Stripes of the class's hue in its direction under uneven light, one grey box, noise."""
     width, height = (round(s * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)) for s in image_size)
     period = min(width, height) * rng.uniform(0.15, 0.25)

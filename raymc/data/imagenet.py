@@ -1,17 +1,17 @@
-"""ImageNet (ILSVRC 2012) ImageFolder: reader, bad-image policy, decoding, preparation into Parquet.
+"""ImageNet (ILSVRC 2012) ImageFolder: reader, bad-image policy and decoding.
 
 The layout is `DIR/train/<wnid>/*.JPEG` and `DIR/val/<wnid>/*.JPEG`; labels are the positions of
 the sorted train wnids (torchvision's ImageFolder order) and val uses the same mapping. Real copies
 hold a few CMYK and grayscale JPEGs, a PNG named `.JPEG`, and in users' copies truncated files and
 stray non-image files: decoding sniffs the content, converts every mode to RGB, forces a full
 decode so truncation is caught, and reports bad files by path and reason under the policy "skip"
-(leave them out, listed) or "fail" (stop, naming the file).
+(leave them out, listed) or "fail" (stop, naming the file). imagenet_prepare.py turns the tree into
+Parquet shards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import logging
 import math
@@ -23,27 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from raymc.cluster import init_ray
-from raymc.data.folders import check_output_dir, commit_dir, staging_dir, write_info
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str] = ("train", "val")
 BAD_IMAGE_POLICIES: tuple[str, str] = ("skip", "fail")
-BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
 MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
-SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
-RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
-CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG
 
 _LAYOUT = (
     "expected the ImageFolder layout DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG "
@@ -51,8 +44,13 @@ _LAYOUT = (
 )
 # What PIL raises on bad data, depending on the format plugin.
 _DECODE_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError,
-)  # fmt: skip
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 class BadImageError(DataError):
@@ -137,15 +135,11 @@ def _class_folders(split_dir: Path) -> tuple[str, ...]:
     names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     if not names:
         loose = sum(1 for e in entries if e.is_file())
-        raise DataError(
-            f"{split_dir}: no class folders, {loose} loose file(s) (key 'data_dir'); {_LAYOUT}"
-        )
+        raise DataError(f"{split_dir}: no class folders, {loose} loose file(s) (key 'data_dir'); {_LAYOUT}")
     return tuple(names)
 
 
-def _scan_split(
-    split_dir: Path, wnids: tuple[str, ...], label_of: dict[str, int]
-) -> list[ImageRow]:
+def _scan_split(split_dir: Path, wnids: tuple[str, ...], label_of: dict[str, int]) -> list[ImageRow]:
     """Rows of one split in sorted path order (walking nested folders, as torchvision does);
     hidden files and folders (.DS_Store, ._* resource forks) are system files, not samples."""
     found: list[tuple[str, str]] = []
@@ -188,6 +182,22 @@ def shard_rows(num_rows: int) -> int:
     return max(1, min(SHARD_ROWS, math.ceil(num_rows / MIN_SHARDS)))
 
 
+def folder_info(index: ImageFolderIndex) -> dict:
+    """dataset_info.json's facts for an ImageFolder read directly: classes and file counts
+    (before undecodable files are skipped)."""
+    counts = {split: {wnid: 0 for wnid in index.classes} for split in SPLITS}
+    for split, rows in index.rows.items():
+        for row in rows:
+            counts[split][row.wnid] += 1
+    return {
+        "dataset": "imagenet",
+        "classes": list(index.classes),
+        "num_samples": sum(len(rows) for rows in index.rows.values()),
+        "counts": counts,
+        "source": str(index.root),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Reading and decoding
 # --------------------------------------------------------------------------------------------
@@ -208,9 +218,7 @@ def read_image_file(path: str) -> bytes:
     suffix = Path(path).suffix.lower()
     if suffix not in IMG_EXTENSIONS:
         known = ", ".join(IMG_EXTENSIONS)
-        raise BadImageError(
-            path, f"not an image file: extension {suffix or '(none)'!r} is not one of {known}"
-        )
+        raise BadImageError(path, f"not an image file: extension {suffix or '(none)'!r} is not one of {known}")
     try:
         return Path(path).read_bytes()
     except OSError as e:
@@ -225,12 +233,12 @@ def decode_rgb(data: bytes, *, path: str, draft_size: int | None = None) -> np.n
     the reason. With `draft_size`, a JPEG at least twice that size on its shorter side is decoded
     by PIL at 1/2, 1/4 or 1/8 scale, keeping the shorter side >= draft_size.
     """
-    img = _open(data, path)
-    if _is_plain_jpeg(img) and not _draft_applies(img, draft_size):
+    img = open_image(data, path)
+    if is_plain_jpeg(img) and not _draft_applies(img, draft_size):
         rgb = _decode_jpeg_fast(data)
         if rgb is not None:
             return rgb
-    return np.array(_load_rgb(img, path, draft_size=draft_size))
+    return np.array(load_rgb(img, path, draft_size=draft_size))
 
 
 def decode_batch(
@@ -280,13 +288,13 @@ def _bad_image(path: str) -> Iterator[None]:
         raise BadImageError(path, f"cannot decode: {e}") from e
 
 
-def _open(data: bytes, path: str) -> Image.Image:
+def open_image(data: bytes, path: str) -> Image.Image:
     """Parse the header only (cheap): format, mode and size, without decoding pixels."""
     with _bad_image(path):
         return Image.open(io.BytesIO(data))
 
 
-def _is_plain_jpeg(img: Image.Image) -> bool:
+def is_plain_jpeg(img: Image.Image) -> bool:
     """A 3-channel JPEG: what ImageNet mostly is, and what decodes straight to RGB."""
     return img.format == "JPEG" and img.mode == "RGB"
 
@@ -306,7 +314,7 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     return chw.permute(1, 2, 0).contiguous().numpy()
 
 
-def _load_rgb(img: Image.Image, path: str, *, draft_size: int | None) -> Image.Image:
+def load_rgb(img: Image.Image, path: str, *, draft_size: int | None) -> Image.Image:
     """Fully decode (so truncation raises) at draft scale where it applies, then convert to RGB."""
     with _bad_image(path):
         if _draft_applies(img, draft_size):
@@ -323,236 +331,3 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
         img = Image.fromarray((wide >> 8).astype(np.uint8))
     return img.convert("RGB")
-
-
-# --------------------------------------------------------------------------------------------
-# Preparation into Parquet shards (parallel Ray tasks)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One Ray task: a chunk of one split's (shuffled) rows into one Parquet file."""
-
-    root: str
-    split: str
-    rows: list[ImageRow]
-    num_classes: int
-    max_side: int | None
-    on_bad_image: str
-    out_file: str
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    """What one shard adds to dataset_info.json and bad_images.csv."""
-
-    split: str
-    counts: np.ndarray  # images stored per label
-    bad: list[tuple[str, str]]  # (path relative to the data folder, reason)
-
-
-def prepare_imagenet(
-    data_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    max_side: int | None = None,
-    on_bad_image: str = "skip",
-    overwrite: bool = False,
-) -> dict:
-    """Convert an ImageFolder tree into Parquet shards, dataset_info.json and bad_images.csv.
-
-    Every image is fully decoded once here, so training never meets a bad file. Shards hold
-    encoded images (the original bytes where they already decode to RGB); validation happens
-    before anything is written, and shards go to a staging sibling that replaces `out` only
-    once complete, so `out` never holds a half-written data set.
-    """
-    out = Path(out)
-    check_on_bad_image(on_bad_image)
-    _check_max_side(max_side)
-    check_output_dir(out, overwrite=overwrite)
-    index = scan_image_folder(data_dir)
-
-    init_ray()
-    with staging_dir(out) as staging:
-        jobs = _shard_jobs(index, staging, max_side=max_side, on_bad_image=on_bad_image)
-        files = sum(len(rows) for rows in index.rows.values())
-        logger.info("preparing %s: %d files in %d Ray tasks", index.root, files, len(jobs))
-        results = _run_jobs(jobs, root=index.root, on_bad_image=on_bad_image)
-        info = _dataset_info(index, results, max_side=max_side, on_bad_image=on_bad_image)
-        _write_bad_images(staging, results)
-        write_info(staging, info)
-        commit_dir(staging, out)
-    logger.info(
-        "prepared %d images into %s (%d bad files left out)",
-        info["num_samples"], out, info["bad_images"],
-    )  # fmt: skip
-    return info
-
-
-def _check_max_side(max_side: int | None) -> None:
-    """A stored long side below 32 pixels leaves nothing to crop from."""
-    if max_side is not None and max_side < 32:
-        raise ConfigError(
-            f"max side {max_side} (key 'max_side', flag --max-side) must be at least 32; "
-            "leave it unset to keep the original images"
-        )
-
-
-def _shard_jobs(
-    index: ImageFolderIndex, staging: Path, *, max_side: int | None, on_bad_image: str
-) -> list[ShardJob]:
-    """Per split, a seeded shuffle of its rows cut into contiguous chunks, one file each."""
-    jobs = []
-    rng = np.random.default_rng(SHARD_SEED)
-    for split in SPLITS:
-        rows = index.rows[split]
-        shuffled = [rows[i] for i in rng.permutation(len(rows))]
-        size = shard_rows(len(rows))
-        for n, start in enumerate(range(0, len(rows), size)):
-            jobs.append(
-                ShardJob(
-                    root=str(index.root),
-                    split=split,
-                    rows=shuffled[start : start + size],
-                    num_classes=len(index.classes),
-                    max_side=max_side,
-                    on_bad_image=on_bad_image,
-                    out_file=str(staging / f"{split}-{n:05d}.parquet"),
-                )
-            )
-    return jobs
-
-
-def _run_jobs(jobs: list[ShardJob], *, root: Path, on_bad_image: str) -> list[ShardResult]:
-    """Run the shard tasks as they finish; under "fail", the first bad file is raised. On any
-    error the remaining tasks are cancelled and awaited, so none writes after we return."""
-    pending = [_write_shard.remote(job) for job in jobs]
-    results = []
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            result = ray.get(done[0])
-            if result.bad and on_bad_image == "fail":
-                path, reason = result.bad[0]
-                raise BadImageError(str(root / path), reason)
-            results.append(result)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref)
-        ray.wait(pending, num_returns=len(pending))
-        raise
-    return results
-
-
-@ray.remote
-def _write_shard(job: ShardJob) -> ShardResult:
-    """Read, check and (where needed) re-encode a chunk of rows into one Parquet file; under
-    "fail" stop at the first bad file and write nothing."""
-    keys = ("image", "label", "wnid", "path", "index", "height", "width")
-    columns: dict[str, list] = {key: [] for key in keys}
-    bad = []
-    for row in job.rows:
-        relative = Path(row.path).relative_to(job.root).as_posix()
-        try:
-            data = read_image_file(row.path)
-            image, height, width = _stored_image(data, path=row.path, max_side=job.max_side)
-        except BadImageError as e:
-            bad.append((relative, e.reason))
-            if job.on_bad_image == "fail":
-                return ShardResult(job.split, np.zeros(job.num_classes, dtype=np.int64), bad)
-            continue
-        values = (image, row.label, row.wnid, relative, row.index, height, width)
-        for key, value in zip(keys, values, strict=True):
-            columns[key].append(value)
-    if columns["image"]:
-        pq.write_table(_shard_table(columns, job.split), job.out_file)
-    counts = np.bincount(np.asarray(columns["label"], dtype=np.int64), minlength=job.num_classes)
-    return ShardResult(job.split, counts, bad)
-
-
-def _stored_image(data: bytes, *, path: str, max_side: int | None) -> tuple[bytes, int, int]:
-    """(JPEG bytes, height, width) to store for one image, checked by a full decode.
-
-    Plain RGB JPEGs within max_side keep their bytes; larger images are scaled down to max_side
-    on the long side (JPEG quality 90); CMYK, grayscale, PNG, ... become RGB JPEGs (quality 95),
-    so every stored image decodes straight to RGB.
-    """
-    img = _open(data, path)
-    shrink = max_side is not None and max(img.size) > max_side
-    if _is_plain_jpeg(img) and not shrink:
-        rgb = decode_rgb(data, path=path)
-        return data, rgb.shape[0], rgb.shape[1]
-    rgb_img = _load_rgb(img, path, draft_size=max_side if shrink else None)
-    if shrink:
-        scale = max_side / max(rgb_img.size)
-        size = tuple(max(1, round(s * scale)) for s in rgb_img.size)
-        rgb_img = rgb_img.resize(size, Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    rgb_img.save(buffer, "JPEG", quality=RESIZED_QUALITY if shrink else CONVERTED_QUALITY)
-    return buffer.getvalue(), rgb_img.height, rgb_img.width
-
-
-def _shard_table(columns: dict[str, list], split: str) -> pa.Table:
-    """One shard's rows with the documented column types."""
-    return pa.table(
-        {
-            "image": pa.array(columns["image"], type=pa.binary()),
-            "label": pa.array(columns["label"], type=pa.int64()),
-            "wnid": pa.array(columns["wnid"], type=pa.string()),
-            "path": pa.array(columns["path"], type=pa.string()),
-            "split": pa.array([split] * len(columns["image"]), type=pa.string()),
-            "index": pa.array(columns["index"], type=pa.int64()),
-            "height": pa.array(columns["height"], type=pa.int64()),
-            "width": pa.array(columns["width"], type=pa.int64()),
-        }
-    )
-
-
-def folder_info(index: ImageFolderIndex) -> dict:
-    """dataset_info.json's facts for an ImageFolder read directly: classes and file counts
-    (before undecodable files are skipped)."""
-    counts = {split: {wnid: 0 for wnid in index.classes} for split in SPLITS}
-    for split, rows in index.rows.items():
-        for row in rows:
-            counts[split][row.wnid] += 1
-    return {
-        "dataset": "imagenet",
-        "classes": list(index.classes),
-        "num_samples": sum(len(rows) for rows in index.rows.values()),
-        "counts": counts,
-        "source": str(index.root),
-    }
-
-
-def _dataset_info(
-    index: ImageFolderIndex, results: list[ShardResult], *, max_side: int | None, on_bad_image: str
-) -> dict:
-    """The dataset_info.json that training reads: classes, counts per split and class, source."""
-    counts = {split: np.zeros(len(index.classes), dtype=np.int64) for split in SPLITS}
-    for result in results:
-        counts[result.split] += result.counts
-    return {
-        "dataset": "imagenet",
-        "classes": list(index.classes),
-        "num_samples": int(sum(c.sum() for c in counts.values())),
-        "counts": {
-            split: {wnid: int(n) for wnid, n in zip(index.classes, row, strict=True)}
-            for split, row in counts.items()
-        },
-        "num_source_files": sum(len(rows) for rows in index.rows.values()),
-        "bad_images": sum(len(r.bad) for r in results),
-        "max_side": max_side,
-        "on_bad_image": on_bad_image,
-        "source": str(index.root),
-    }
-
-
-def _write_bad_images(folder: Path, results: list[ShardResult]) -> None:
-    """bad_images.csv (path, reason), sorted by path; written even when empty, so its absence
-    never has to be interpreted."""
-    bad = sorted(b for r in results for b in r.bad)
-    with open(folder / BAD_IMAGES_FILE, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(bad)

@@ -6,26 +6,26 @@ depth to the workers; normalization happens on the worker's device, where it is 
 
 from __future__ import annotations
 
-import contextlib
-import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow.fs
 import ray
 import torch
-from ray.data import DataContext, FileShuffleConfig, RandomSeedConfig
+from ray.data import FileShuffleConfig, RandomSeedConfig
 from ray.data.expressions import col
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raymc import storage
 from raymc.config import TrainConfig
-from raymc.data.augment import augment_batch, eval_batch, val_short_side
 from raymc.data import imagenet
-from raymc.data.folders import INFO_FILE
+from raymc.data.augment import augment_batch, eval_batch, val_short_side
+from raymc.data.publish import INFO_FILE
 from raymc.errors import ConfigError, DataError
+from raymc.ray_compat import parquet_reader_v1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,20 +102,12 @@ def start_epoch_clock() -> ray.actor.ActorHandle:
 
 def read_dataset_info(folder: str) -> dict[str, Any]:
     """dataset_info.json of a prepared folder, local or remote (s3://, gs://, ...)."""
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(_as_uri(folder))
-    info_path = f"{path.rstrip('/')}/{INFO_FILE}"
     try:
-        with filesystem.open_input_stream(info_path) as stream:
-            return json.loads(stream.read())
+        return storage.read_json(storage.join(storage.as_uri(folder), INFO_FILE))
     except (FileNotFoundError, OSError):
         raise DataError(
-            f"{folder}: no dataset_info.json; pass a folder written by `python -m raymc.prepare` "
-            f"or an NYU .mat file"
+            f"{folder}: no dataset_info.json; pass a folder written by `python -m raymc.prepare` or an NYU .mat file"
         ) from None
-
-
-def _as_uri(folder: str) -> str:
-    return folder if "://" in folder else str(Path(folder).expanduser().resolve())
 
 
 def split_files(folder: str, split: str) -> list[str]:
@@ -126,8 +118,8 @@ def split_files(folder: str, split: str) -> list[str]:
 
 def _parquet_files(folder: str, *, prefix: str = "") -> list[str]:
     """The folder's Parquet files whose names start with `prefix`, sorted, as paths or URIs."""
-    uri = _as_uri(folder)
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    uri = storage.as_uri(folder)
+    filesystem, root = storage.filesystem(uri)
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root.rstrip("/")))
     names = sorted(Path(i.path).name for i in infos if i.is_file)
     return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(prefix) and n.endswith(".parquet")]
@@ -218,28 +210,14 @@ def stored_rows(source: DataSource, spec: DataSpec, split: str, config: TrainCon
         files = _parquet_files(source.location)
     # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
     # than files would make Ray split the read's output and run the view as separate tasks).
-    with _parquet_reader_v1():
+    with parquet_reader_v1():
         rows = ray.data.read_parquet(
-            files or _as_uri(source.location), shuffle=shuffle, override_num_blocks=len(files) or None
+            files or storage.as_uri(source.location), shuffle=shuffle, override_num_blocks=len(files) or None
         )
     rows = rows.select_columns(columns)
     if mixed:
         rows = rows.filter(expr=col("split") == split)
     return rows
-
-
-@contextlib.contextmanager
-def _parquet_reader_v1() -> Iterator[None]:
-    """Build a read_parquet with Ray's first Parquet reader. Ray 2.60's default one (DataSource V2)
-    starts 32 footer-reading actors on every execution of the dataset, i.e. every epoch: measured
-    here, 1 s before the first batch and CPU taken from decoding, against 0.06 s (bench/RESULTS.md)."""
-    context = DataContext.get_current()
-    default = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    try:
-        yield
-    finally:
-        context.use_datasource_v2 = default
 
 
 def _decode_args(source: DataSource, split: str, config: TrainConfig) -> dict[str, Any] | None:
@@ -276,7 +254,9 @@ def build_datasets(
         if decode is not None:
             rows = _view(rows, _decode_block, decode=decode)
             decode = None
-        cached = cache_in_object_store({"training rows": (rows, spec.num_train), "validation view": (val, spec.num_val)})
+        cached = cache_in_object_store(
+            {"training rows": (rows, spec.num_train), "validation view": (val, spec.num_val)}
+        )
         rows, val = cached["training rows"], cached["validation view"]
     if config.cache or not source.prepared:
         # Rows held in memory (--cache's, or a folder's table of paths) would come in the same block
@@ -284,9 +264,14 @@ def build_datasets(
         # get a new file order per pass from their FileShuffleConfig instead.
         rows = rows.randomize_block_order(seed=RandomSeedConfig(config.seed, reseed_after_execution=True))
     train = _view(
-        rows, _train_view, clock=clock, seed=config.seed, image_size=config.image_size, crop_scale=config.crop_scale,
+        rows,
+        _train_view,
+        clock=clock,
+        seed=config.seed,
+        image_size=config.image_size,
+        crop_scale=config.crop_scale,
         decode=decode,
-    )  # fmt: skip
+    )
     return {"train": train, "val": val}
 
 
@@ -296,9 +281,12 @@ def eval_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfi
     prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on."""
     rows = stored_rows(source, spec, split, config)
     return _view(
-        rows, _eval_view, image_size=config.image_size, resize=config.val_resize,
+        rows,
+        _eval_view,
+        image_size=config.image_size,
+        resize=config.val_resize,
         decode=_decode_args(source, split, config),
-    )  # fmt: skip
+    )
 
 
 def cache_in_object_store(datasets: dict[str, tuple[ray.data.Dataset, int]]) -> dict[str, ray.data.Dataset]:

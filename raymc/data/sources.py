@@ -10,12 +10,14 @@ import dataclasses
 import os
 from pathlib import Path
 
+from raymc import storage
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_nyu
 from raymc.data.imagenet import scan_image_folder
-from raymc.data.nyu import prepared_nyu_cache
+from raymc.data.nyu_prepare import prepared_nyu_cache
 from raymc.data.pipeline import DataSource, read_dataset_info
 from raymc.errors import ConfigError, DataError
+from raymc.models import model_family
 
 DEMO_NYU_SAMPLES = 480
 DEMO_NYU_SEED = 0
@@ -47,7 +49,7 @@ def _prepared_mat(mat: Path, config: TrainConfig) -> DataSource:
 def _find_source(config: TrainConfig) -> DataSource:
     if config.data is None:
         return _prepared_mat(demo_nyu_mat(), config)
-    if "://" in config.data:
+    if storage.is_uri(config.data):
         return DataSource(read_dataset_info(config.data).get("dataset", "nyu"), config.data)
     path = Path(config.data).expanduser()
     if not path.exists():
@@ -75,7 +77,7 @@ def resolve_data(config: TrainConfig) -> tuple[TrainConfig, DataSource]:
         raise ConfigError(f"--dataset {config.dataset}, but --data {config.data} holds {source.kind} data")
     model = config.model or DEFAULT_MODELS[source.kind]
     streams_needed = 2 if source.kind == "nyu" else 1
-    if (2 if model.startswith("mc_") else 1) != streams_needed:
+    if model_family(model).num_streams != streams_needed:
         raise ConfigError(
             f"--model {model} does not fit {source.kind} data ({streams_needed} input stream(s)); "
             f"use {'an mc_resnet' if streams_needed == 2 else 'an sd_resnet'} model"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from torchvision import tv_tensors
 
 from raymc.data.augment import augment_batch, eval_batch, mixup, train_transforms

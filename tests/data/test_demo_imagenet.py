@@ -24,9 +24,7 @@ CLASSES, PER_CLASS, VAL_PER_CLASS, SIZE = 6, 5, 3, (40, 30)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "imagenet"
-    return write_demo_imagenet(
-        out, classes=CLASSES, per_class=PER_CLASS, val_per_class=VAL_PER_CLASS, image_size=SIZE
-    )
+    return write_demo_imagenet(out, classes=CLASSES, per_class=PER_CLASS, val_per_class=VAL_PER_CLASS, image_size=SIZE)
 
 
 def _kind(path: Path) -> str:
@@ -124,9 +122,7 @@ def test_the_same_seed_gives_the_same_bytes(demo: Path, tmp_path: Path) -> None:
     assert set(_files(other)) != set(_files(demo))
 
 
-def test_cli_writes_the_demo_with_either_spelling(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_cli_writes_the_demo_with_either_spelling(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dashed = ["--classes", "3", "--per-class", "2", "--val-per-class", "1", "--seed", "4"]
     underscored = ["--classes", "3", "--per_class", "2", "--val_per_class", "1", "--seed", "4"]
     assert prepare.main(["demo-imagenet", "--out", str(tmp_path / "a"), *dashed]) == 0
@@ -139,9 +135,12 @@ def test_cli_writes_the_demo_with_either_spelling(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"classes": 0}, {"per_class": 0}, {"classes": 1, "per_class": 2}, {"image_size": (8, 8)},
+        {"classes": 0},
+        {"per_class": 0},
+        {"classes": 1, "per_class": 2},
+        {"image_size": (8, 8)},
         {"quality": 0},
-    ],  # fmt: skip
+    ],
 )
 def test_sizes_too_small_are_refused(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="'"):

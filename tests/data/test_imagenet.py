@@ -66,8 +66,7 @@ def test_labels_are_sorted_train_folders_and_val_uses_them(tmp_path: Path) -> No
 
     assert index.classes == ("n01", "n02", "n03") and index.root == root.resolve()
     train = [
-        (Path(r.path).relative_to(root / "train").as_posix(), r.label, r.wnid, r.index)
-        for r in index.rows["train"]
+        (Path(r.path).relative_to(root / "train").as_posix(), r.label, r.wnid, r.index) for r in index.rows["train"]
     ]
     assert train == [
         ("n01/n01_0.JPEG", 0, "n01", 0),
@@ -125,9 +124,14 @@ def test_a_non_image_extension_is_reported_without_reading(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("mode", "fmt"),
     [
-        ("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"),
-        ("P", "PNG"), ("1", "PNG"),
-    ],  # fmt: skip
+        ("CMYK", "JPEG"),
+        ("L", "JPEG"),
+        ("RGB", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("1", "PNG"),
+    ],
 )
 def test_every_mode_decodes_to_rgb(mode: str, fmt: str) -> None:
     data = _encode(_image(mode), fmt)

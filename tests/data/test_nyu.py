@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from raymc.data import nyu
+from raymc.data import nyu, nyu_prepare
 from raymc.data.demo import write_nyu_mat
 from raymc.errors import ConfigError, DataError
 
@@ -95,7 +95,7 @@ def test_nan_inf_and_negative_depths_become_zero_and_are_counted(tmp_path: Path)
 
 def test_blocks_are_contiguous_and_chunk_aligned(tmp_path: Path) -> None:
     index = nyu.read_index(_write(tmp_path / "m.mat"))
-    blocks = nyu._blocks(index)
+    blocks = nyu_prepare._blocks(index)
     assert blocks[0][0] == 0 and blocks[-1][1] == N
     assert all(a[1] == b[0] for a, b in pairwise(blocks))
     assert all(start % index.chunk_samples == 0 for start, _ in blocks)
@@ -180,9 +180,17 @@ def test_nyu27_is_the_27_sorted_types_with_the_datas_spelling() -> None:
 def test_nyu10_maps_the_other_18_types_to_others() -> None:
     names = nyu.class_names("nyu10")
     assert names == (
-        "bedroom", "kitchen", "living_room", "bathroom", "dining_room", "office", "home_office",
-        "classroom", "bookstore", "others",
-    )  # fmt: skip
+        "bedroom",
+        "kitchen",
+        "living_room",
+        "bathroom",
+        "dining_room",
+        "office",
+        "home_office",
+        "classroom",
+        "bookstore",
+        "others",
+    )
     others = [t for t in nyu.SCENE_TYPES if t not in names]
     assert len(others) == 18
     assert set(nyu.scene_labels(others, "nyu10").tolist()) == {9}
@@ -241,8 +249,7 @@ def test_grouped_split_rejects_fractions_outside_0_1(fraction: float) -> None:
 
 
 def _splits_v5(path: Path, train, test) -> Path:
-    scipy.io.savemat(path, {"trainNdxs": np.array(train, float)[:, None],
-                            "testNdxs": np.array(test, float)[:, None]})  # fmt: skip
+    scipy.io.savemat(path, {"trainNdxs": np.array(train, float)[:, None], "testNdxs": np.array(test, float)[:, None]})
     return path
 
 

@@ -11,9 +11,14 @@ import torch
 from ray.util.state import list_actors
 
 from raymc.data.pipeline import (
-    IMAGENET_MEAN, IMAGENET_STD, cache_in_object_store, data_spec, read_dataset_info, start_epoch_clock,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cache_in_object_store,
+    data_spec,
+    read_dataset_info,
+    start_epoch_clock,
     to_model_inputs,
-)  # fmt: skip
+)
 from raymc.errors import ConfigError, DataError
 
 NYU_INFO = {

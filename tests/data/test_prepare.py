@@ -16,16 +16,27 @@ import ray
 import scipy.io
 
 from raymc import prepare
-from raymc.data import nyu
+from raymc.data import nyu, nyu_prepare
 from raymc.data.demo import write_demo_nyu
 from raymc.data.pipeline import read_dataset_info, split_files
 from raymc.errors import DataError
 
 N, H, W = 80, 24, 32  # enough rooms that grouped classes have >= 2
 INFO_KEYS = {
-    "dataset", "protocol", "classes", "num_samples", "image_height", "image_width", "counts",
-    "depth_mean", "depth_std", "invalid_depth_pixels", "split_source", "seed", "source",
-}  # fmt: skip
+    "dataset",
+    "protocol",
+    "classes",
+    "num_samples",
+    "image_height",
+    "image_width",
+    "counts",
+    "depth_mean",
+    "depth_std",
+    "invalid_depth_pixels",
+    "split_source",
+    "seed",
+    "source",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,7 @@ def _no_staging_left(out: Path) -> bool:
 
 def test_prepare_writes_parquet_that_ray_reads_back(ray_session, mat: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    info = nyu.prepare_nyu(mat, out, seed=2, test_fraction=0.4)
+    info = nyu_prepare.prepare_nyu(mat, out, seed=2, test_fraction=0.4)
 
     ds = ray.data.read_parquet(str(out))
     schema = dict(zip(ds.schema().names, ds.schema().types, strict=True))
@@ -83,9 +94,7 @@ def test_prepare_writes_parquet_that_ray_reads_back(ray_session, mat: Path, tmp_
     assert info["classes"] == list(nyu.PROTOCOLS["nyu10"])
     for split in ("train", "test"):
         expected = df[df["split"] == split]["label"].value_counts()
-        assert info["counts"][split] == {
-            name: int(expected.get(i, 0)) for i, name in enumerate(info["classes"])
-        }
+        assert info["counts"][split] == {name: int(expected.get(i, 0)) for i, name in enumerate(info["classes"])}
     train = np.stack(df[df["split"] == "train"]["depth"].to_numpy())
     valid = train[train > 0].astype(np.float64)
     assert info["depth_mean"] == pytest.approx(valid.mean(), rel=1e-9)
@@ -102,8 +111,19 @@ def test_cli_official_splits_leave_samples_out(
     train, test = np.arange(1, 41), np.arange(51, 71)  # 41..50 and 71..80 in neither list
     scipy.io.savemat(splits, {"trainNdxs": train[:, None] * 1.0, "testNdxs": test[:, None] * 1.0})
     out = tmp_path / "official"
-    argv = ["nyu", "--mat", str(mat), "--splits", str(splits), "--out", str(out),
-            "--protocol", "nyu27", "--image_size", "12"]  # fmt: skip
+    argv = [
+        "nyu",
+        "--mat",
+        str(mat),
+        "--splits",
+        str(splits),
+        "--out",
+        str(out),
+        "--protocol",
+        "nyu27",
+        "--image_size",
+        "12",
+    ]
     assert prepare.main(argv) == 0
     assert str(out) in capsys.readouterr().out
 
@@ -146,9 +166,9 @@ def test_a_failed_run_leaves_out_untouched(
     def fail(folder: Path, info: dict) -> None:
         raise DataError(f"{folder}: disk full (key 'out'); free space")
 
-    monkeypatch.setattr(nyu, "write_info", fail)
+    monkeypatch.setattr(nyu_prepare, "write_info", fail)
     with pytest.raises(DataError, match="disk full"):
-        nyu.prepare_nyu(mat, out, overwrite=True)
+        nyu_prepare.prepare_nyu(mat, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert _no_staging_left(out)
 
@@ -192,15 +212,11 @@ def _unknown_scene_type(mat: Path, tmp: Path) -> tuple[list[str], Path, str]:
 
 def _splits_out_of_range(mat: Path, tmp: Path) -> tuple[list[str], Path, str]:
     path = tmp / "splits.mat"
-    scipy.io.savemat(
-        path, {"trainNdxs": np.array([[1.0], [2.0]]), "testNdxs": np.array([[N + 1.0]])}
-    )
+    scipy.io.savemat(path, {"trainNdxs": np.array([[1.0], [2.0]]), "testNdxs": np.array([[N + 1.0]])})
     return ["--mat", str(mat), "--splits", str(path)], path, "testNdxs"
 
 
-@pytest.mark.parametrize(
-    "make", [_not_hdf5, _missing_key, _wrong_dims, _unknown_scene_type, _splits_out_of_range]
-)
+@pytest.mark.parametrize("make", [_not_hdf5, _missing_key, _wrong_dims, _unknown_scene_type, _splits_out_of_range])
 def test_bad_input_exits_2_naming_file_and_key(
     ray_session, mat: Path, tmp_path: Path, capsys: pytest.CaptureFixture, make
 ) -> None:
@@ -230,23 +246,23 @@ def test_cache_prepares_once_and_tracks_the_file(
 ) -> None:
     source = _copy(mat, tmp_path / "source.mat")
     cache = tmp_path / "cache"
-    first = nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache)
+    first = nyu_prepare.prepared_nyu_cache(source, seed=1, cache_dir=cache)
     assert first.parent.parent == tmp_path / "cache" and read_dataset_info(str(first))["seed"] == 1
 
     def refuse(*args, **kwargs) -> dict:
         raise AssertionError("prepared again although the cache is valid")
 
-    monkeypatch.setattr(nyu, "prepare_nyu", refuse)
-    assert nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache) == first
+    monkeypatch.setattr(nyu_prepare, "prepare_nyu", refuse)
+    assert nyu_prepare.prepared_nyu_cache(source, seed=1, cache_dir=cache) == first
     with pytest.MonkeyPatch.context() as patch:  # a cache written in another layout is not reused
-        patch.setattr(nyu, "PREPARED_LAYOUT", nyu.PREPARED_LAYOUT + 1)
+        patch.setattr(nyu_prepare, "PREPARED_LAYOUT", nyu_prepare.PREPARED_LAYOUT + 1)
         with pytest.raises(AssertionError, match="prepared again"):
-            nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache)
+            nyu_prepare.prepared_nyu_cache(source, seed=1, cache_dir=cache)
     os.utime(source, ns=(0, 0))  # a changed file needs a new entry
     with pytest.raises(AssertionError, match="prepared again"):
-        nyu.prepared_nyu_cache(source, seed=1, cache_dir=cache)
+        nyu_prepare.prepared_nyu_cache(source, seed=1, cache_dir=cache)
     with pytest.raises(AssertionError, match="prepared again"):
-        nyu.prepared_nyu_cache(source, seed=1, protocol="nyu27", cache_dir=tmp_path / "other")
+        nyu_prepare.prepared_nyu_cache(source, seed=1, protocol="nyu27", cache_dir=tmp_path / "other")
 
 
 # ------------------------------------------------------------------------------ CLI

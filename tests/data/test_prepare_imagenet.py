@@ -15,7 +15,7 @@ import ray
 from PIL import Image
 
 from raymc import prepare
-from raymc.data import imagenet
+from raymc.data import imagenet, imagenet_prepare
 from raymc.data.demo import write_demo_imagenet
 from raymc.data.imagenet import BadImageError, decode_rgb
 
@@ -25,9 +25,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWa
 
 CLASSES, PER_CLASS, VAL_PER_CLASS = 4, 4, 2
 INFO_KEYS = {
-    "dataset", "classes", "num_samples", "counts", "num_source_files", "bad_images", "max_side",
-    "on_bad_image", "source",
-}  # fmt: skip
+    "dataset",
+    "classes",
+    "num_samples",
+    "counts",
+    "num_source_files",
+    "bad_images",
+    "max_side",
+    "on_bad_image",
+    "source",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +65,22 @@ def _no_staging_left(out: Path) -> bool:
     return not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-def test_prepare_writes_parquet_that_ray_reads_back(
-    ray_session, folder: Path, tmp_path: Path
-) -> None:
+def test_prepare_writes_parquet_that_ray_reads_back(ray_session, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    info = imagenet.prepare_imagenet(folder, out)
+    info = imagenet_prepare.prepare_imagenet(folder, out)
 
     schema = ray.data.read_parquet(str(out)).schema()
     types = dict(zip(schema.names, schema.types, strict=True))
     assert types == {
-        "image": pa.binary(), "label": pa.int64(), "wnid": pa.string(), "path": pa.string(),
-        "split": pa.string(), "index": pa.int64(), "height": pa.int64(), "width": pa.int64(),
-    }  # fmt: skip
+        "image": pa.binary(),
+        "label": pa.int64(),
+        "wnid": pa.string(),
+        "path": pa.string(),
+        "split": pa.string(),
+        "index": pa.int64(),
+        "height": pa.int64(),
+        "width": pa.int64(),
+    }
     df = _read(out)
     index = imagenet.scan_image_folder(folder)
     bad = _bad_files(folder)
@@ -112,7 +123,7 @@ def test_prepare_writes_parquet_that_ray_reads_back(
 
 def test_max_side_scales_images_down(ray_session, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "small"
-    info = imagenet.prepare_imagenet(folder, out, max_side=40)
+    info = imagenet_prepare.prepare_imagenet(folder, out, max_side=40)
     df = _read(out)
     assert info["max_side"] == 40 and len(df) == CLASSES * (PER_CLASS + VAL_PER_CLASS)
     assert (np.maximum(df["height"], df["width"]) <= 40).all()
@@ -130,7 +141,7 @@ def test_fail_stops_naming_the_file_and_leaves_out_untouched(
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(BadImageError) as e:
-        imagenet.prepare_imagenet(folder, out, on_bad_image="fail")
+        imagenet_prepare.prepare_imagenet(folder, out, on_bad_image="fail")
     assert any(str(folder.resolve() / b) in str(e.value) for b in _bad_files(folder))
     assert not out.exists() and _no_staging_left(out)
 
@@ -144,9 +155,7 @@ def test_fail_stops_naming_the_file_and_leaves_out_untouched(
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and _no_staging_left(out)
 
 
-def test_cli_accepts_both_spellings(
-    ray_session, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_cli_accepts_both_spellings(ray_session, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli"
     argv = ["imagenet", "--data_dir", str(folder), "--out", str(out), "--max_side", "44"]
     argv += ["--on_bad_image", "skip"]

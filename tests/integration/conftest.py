@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raymc.data.demo import write_demo_nyu
-from raymc.data.nyu import prepare_nyu
+from raymc.data.nyu_prepare import prepare_nyu
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-import raymc  # noqa: F401  (binds the cluster to 127.0.0.1 before ray is imported)
-
 import ray
 from ray.cluster_utils import Cluster
+from registered import latest_registered, registered_epochs  # beside this script, which runs as a file
 
+import raymc  # noqa: F401  (binds the cluster to 127.0.0.1 before ray is imported)
 from raymc.config import build_config
 from raymc.data.demo import write_demo_nyu
-from raymc.data.nyu import prepare_nyu
+from raymc.data.nyu_prepare import prepare_nyu
 from raymc.train import run_training
-from registered import latest_registered, registered_epochs  # beside this script, which runs as a file
 
 DEADLINE_S = 300
 
@@ -65,11 +64,22 @@ def main(workdir: Path) -> None:
         ray.init(address=cluster.address)
         mat = write_demo_nyu(workdir / "tiny.mat", n=96, seed=3, height=48, width=64)
         prepare_nyu(mat, workdir / "prepared", seed=3)
-        config = build_config({
-            "data": str(workdir / "prepared"), "out": str(workdir / "runs"), "name": "node-loss",
-            "epochs": 3, "image_size": 32, "batch": 4, "num_workers": 2, "cpus_per_worker": 1,
-            "warmup_epochs": 0.5, "lr": 0.01, "max_failures": 2, "preemption_check_steps": 3,
-        })  # fmt: skip
+        config = build_config(
+            {
+                "data": str(workdir / "prepared"),
+                "out": str(workdir / "runs"),
+                "name": "node-loss",
+                "epochs": 3,
+                "image_size": 32,
+                "batch": 4,
+                "num_workers": 2,
+                "cpus_per_worker": 1,
+                "warmup_epochs": 0.5,
+                "lr": 0.01,
+                "max_failures": 2,
+                "preemption_check_steps": 3,
+            }
+        )
 
         def remove(node_id: str) -> None:
             cluster.remove_node(next(node for node in nodes if node.node_id == node_id))
@@ -78,7 +88,9 @@ def main(workdir: Path) -> None:
             wait_for(lambda: registered_epochs(run_dir) >= 1, "checkpoint of epoch 1")
             preempted = training_node_id()
             drain_for_preemption(cluster.address, preempted)
-            wait_for(lambda: "_step_" in latest_registered(run_dir).get("checkpoint_dir_name", ""), "mid-epoch checkpoint")
+            wait_for(
+                lambda: "_step_" in latest_registered(run_dir).get("checkpoint_dir_name", ""), "mid-epoch checkpoint"
+            )
             remove(preempted)
             print("PREEMPTED", preempted, flush=True)
             wait_for(lambda: registered_epochs(run_dir) >= 2, "checkpoint of epoch 2")

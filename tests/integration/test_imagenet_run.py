@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from raymc.data.demo import write_demo_imagenet
-from raymc.data.imagenet import prepare_imagenet
+from raymc.data.imagenet_prepare import prepare_imagenet
 from raymc.train import main
 
 pytestmark = pytest.mark.integration
@@ -28,10 +28,33 @@ def demo_imagenet(tmp_path_factory):
 
 def test_seed_script_command_trains_on_the_image_folder(demo_imagenet, tmp_path, ray_session):
     argv = [
-        "--dataset", "imagenet", "--data_dir", str(demo_imagenet), "--out", str(tmp_path), "--depth", "50",
-        "--sd", "1", "--pL", "0.5", "--epochs", "2", "--mixup", "0.2", "--label_smoothing", "0.1",
-        "--weight_decay", "1e-4", "--no_mixed_precision", "--seed", "42", "--name", "seed", *SMALL,
-    ]  # fmt: skip
+        "--dataset",
+        "imagenet",
+        "--data_dir",
+        str(demo_imagenet),
+        "--out",
+        str(tmp_path),
+        "--depth",
+        "50",
+        "--sd",
+        "1",
+        "--pL",
+        "0.5",
+        "--epochs",
+        "2",
+        "--mixup",
+        "0.2",
+        "--label_smoothing",
+        "0.1",
+        "--weight_decay",
+        "1e-4",
+        "--no_mixed_precision",
+        "--seed",
+        "42",
+        "--name",
+        "seed",
+        *SMALL,
+    ]
     assert main(argv) == 0
     run = tmp_path / "seed"
     history = pd.read_csv(run / "training_history.csv")
@@ -48,14 +71,37 @@ def test_seed_script_command_trains_on_the_image_folder(demo_imagenet, tmp_path,
 def test_prepared_parquet_with_cache_and_bad_image_policy(demo_imagenet, tmp_path, ray_session, capsys):
     info = prepare_imagenet(demo_imagenet, tmp_path / "prepared", max_side=64)
     assert info["bad_images"] == 2  # the demo's truncated JPEG and its non-image file
-    argv = ["--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "runs"), "--model", "sd_resnet50",
-            "--epochs", "1", "--cache", "--name", "cached", *SMALL]  # fmt: skip
+    argv = [
+        "--data",
+        str(tmp_path / "prepared"),
+        "--out",
+        str(tmp_path / "runs"),
+        "--model",
+        "sd_resnet50",
+        "--epochs",
+        "1",
+        "--cache",
+        "--name",
+        "cached",
+        *SMALL,
+    ]
     assert main(argv) == 0
     summary = pd.read_json(tmp_path / "runs" / "cached" / "summary.json", typ="series")
     assert summary["num_train"] == sum(info["counts"]["train"].values())
     # reading the folder directly with --on-bad-image fail stops at the first bad file, named
-    failing = ["--data", str(demo_imagenet), "--out", str(tmp_path / "runs"), "--epochs", "1",
-               "--on-bad-image", "fail", "--name", "strict", *SMALL]  # fmt: skip
+    failing = [
+        "--data",
+        str(demo_imagenet),
+        "--out",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "1",
+        "--on-bad-image",
+        "fail",
+        "--name",
+        "strict",
+        *SMALL,
+    ]
     capsys.readouterr()
     assert main(failing) == 2
     error = capsys.readouterr().err

@@ -17,10 +17,16 @@ from ray.data.dataset import MaterializedDataset
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_imagenet
-from raymc.data.imagenet import prepare_imagenet, scan_image_folder
+from raymc.data.imagenet import scan_image_folder
+from raymc.data.imagenet_prepare import prepare_imagenet
 from raymc.data.pipeline import (
-    DataSource, build_datasets, data_spec, dataset_info, start_epoch_clock, stored_rows,
-)  # fmt: skip
+    DataSource,
+    build_datasets,
+    data_spec,
+    dataset_info,
+    start_epoch_clock,
+    stored_rows,
+)
 
 
 def _epoch(dataset: ray.data.Dataset) -> dict[int, np.ndarray]:

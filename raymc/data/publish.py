@@ -1,7 +1,9 @@
-"""Output folders written atomically: refuse to clobber, write beside, swap in when complete.
+"""Publishing a prepared data set: readers never see a half-written one under the output path.
 
-Every `prepare_*` writes its whole output into a staging sibling and swaps it in only once
-complete, so a failed or interrupted run never leaves a half-written data set behind.
+Every `prepare_*` checks its output path before any work, runs its shard tasks into a staging
+sibling, writes dataset_info.json (the marker readers trust) last, and swaps the staging folder in
+only once complete. A failed or interrupted run cancels its remaining shard tasks, so none writes
+after it returns, and leaves the old output as it was.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import contextlib
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import ray
+from ray.remote_function import RemoteFunction
 
 from raymc.errors import DataError
 
@@ -55,3 +61,31 @@ def commit_dir(staging: Path, out: Path) -> None:
     out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def run_shard_tasks(
+    task: RemoteFunction, jobs: Sequence[object], *, check: Callable[[Any], None] | None = None
+) -> list[Any]:
+    """Run `task` once per job in parallel and return the results in job order.
+
+    `check` sees each result as its task finishes and may raise (a shard that met a bad file).
+    On any error, a task's or check's, the remaining tasks are cancelled and awaited, so none
+    writes into the staging folder after we return and it is removed.
+    """
+    refs = [task.remote(job) for job in jobs]
+    position = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = refs
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            result = ray.get(done[0])
+            if check is not None:
+                check(result)
+            results[position[done[0]]] = result
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(pending, num_returns=len(pending))
+        raise
+    return results
