@@ -24,21 +24,26 @@ import threading
 from pathlib import Path
 
 import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
-from common import Row, stats, stopwatch
-
 import torch
 import torchvision
+from common import Row, stats, stopwatch
 from torch import nn
 
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
-from raymc.data.imagenet import prepare_imagenet
-from raymc.data.nyu import prepare_nyu
+from raymc.data.imagenet_prepare import prepare_imagenet
+from raymc.data.nyu_prepare import prepare_nyu
 from raymc.data.pipeline import (
-    IMAGENET_MEAN, IMAGENET_STD, DataSpec, StreamSpec, data_spec, read_dataset_info, to_model_inputs,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataSpec,
+    StreamSpec,
+    data_spec,
+    read_dataset_info,
+    to_model_inputs,
 )
 from raymc.loop import steps_per_epoch
-from raymc.models import build_model
+from raymc.models import MODEL_NAMES, build_model, model_family
 from raymc.train import run_training
 
 BENCH = "gpu"
@@ -48,7 +53,7 @@ TARGETS = {"resnet50": 3000.0, "sd_resnet50": 3000.0, "mc_resnet18": 5000.0}  # 
 def _spec(model_name: str) -> DataSpec:
     """Inputs the model takes: RGB, plus metric depth for two-stream models."""
     streams = [StreamSpec("rgb", IMAGENET_MEAN, IMAGENET_STD, scale=255.0)]
-    if model_name.startswith("mc_"):
+    if model_name in MODEL_NAMES and "depth" in model_family(model_name).streams:
         streams.append(StreamSpec("depth", (2.8,), (1.2,), missing_is_zero=True))
     return DataSpec(classes=tuple(f"c{i}" for i in range(1000)), streams=tuple(streams), num_train=0, num_val=0)
 
@@ -175,10 +180,20 @@ def end_to_end(
     epoch, peak GPU memory in MiB) of one raymc training run; epoch 1 is warm-up."""
     with tempfile.TemporaryDirectory() as out, GpuMemoryPoller() as memory:
         config = TrainConfig(
-            data=str(data), model=model, image_size=224, batch=batch, epochs=epochs, warmup_epochs=0, lr=0.1,
-            num_workers=1, gpus_per_worker=gpus, cpus_per_worker=cpus_per_worker, seed=0, out=out,
+            data=str(data),
+            model=model,
+            image_size=224,
+            batch=batch,
+            epochs=epochs,
+            warmup_epochs=0,
+            lr=0.1,
+            num_workers=1,
+            gpus_per_worker=gpus,
+            cpus_per_worker=cpus_per_worker,
+            seed=0,
+            out=out,
             name=f"bench-gpu-{model}",
-        )  # fmt: skip
+        )
         history = run_training(config).history[1:]
     images = steps_per_epoch(data_spec(read_dataset_info(str(data))).num_train, 1, config) * batch
     train_s = sum(images / row["images_per_s"] for row in history)

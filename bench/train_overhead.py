@@ -29,22 +29,30 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 import common  # first: it binds a local Ray to 127.0.0.1 before ray is imported
-from common import MemoryPeaks, ResourceMeter, Row, stats, stopwatch
-
 import ray
 import torch
+from common import MemoryPeaks, ResourceMeter, Row, stats, stopwatch
 from torch import nn
 
 from raymc.config import DEMO_DEFAULTS, TrainConfig
 from raymc.data.augment import augment_batch
 from raymc.data.pipeline import (
-    TRAIN_SPLIT, DataSpec, build_datasets, data_spec, dataset_info, start_epoch_clock, stored_rows, to_model_inputs,
-)  # fmt: skip
+    TRAIN_SPLIT,
+    DataSpec,
+    build_datasets,
+    data_spec,
+    dataset_info,
+    start_epoch_clock,
+    stored_rows,
+    to_model_inputs,
+)
 from raymc.data.sources import resolve_data
-from raymc.loop import Precision, model_kwargs, steps_per_epoch
-from raymc.models import build_model
+from raymc.loop import steps_per_epoch
+from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
-from raymc.train import run_training, worker_resources
+from raymc.precision import Precision
+from raymc.resources import worker_resources
+from raymc.train import run_training
 
 BENCH = "train overhead"
 
@@ -99,7 +107,11 @@ def plain_epoch(loop: PlainLoop, train: Iterable[dict], val: list[dict], spec: D
     """(training seconds, epoch seconds incl. validation) of one epoch of a hand-written loop."""
     device = torch.device("cpu")
     model, optimizer, scheduler, precision, loss_fn = (
-        loop.model, loop.optimizer, loop.scheduler, loop.precision, loop.loss_fn
+        loop.model,
+        loop.optimizer,
+        loop.scheduler,
+        loop.precision,
+        loop.loss_fn,
     )
     with stopwatch() as epoch_s:
         model.train()
@@ -128,8 +140,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     with common.ray_session(args.cpus) as ray_start_s, tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             **{**DEMO_DEFAULTS, "image_size": args.image_size, "batch": args.batch, "epochs": 1 + args.reps},
-            model=args.model, num_workers=1, seed=0, out=out, name="bench-train-overhead", cache=True,
-        )  # fmt: skip
+            model=args.model,
+            num_workers=1,
+            seed=0,
+            out=out,
+            name="bench-train-overhead",
+            cache=True,
+        )
         threads = worker_resources(config).torch_threads
         data = in_memory_data(config)
         train, val, spec = data.train, data.val, data.spec
@@ -139,9 +156,12 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         model = build_model(config.model, **model_kwargs(config, spec.num_classes))
         optimizer = build_optimizer(model, config)
         loop = PlainLoop(
-            model, optimizer, build_scheduler(optimizer, config, len(train)),
-            Precision.choose(torch.device("cpu"), config), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-        )  # fmt: skip
+            model,
+            optimizer,
+            build_scheduler(optimizer, config, len(train)),
+            Precision.choose(torch.device("cpu"), config),
+            nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        )
 
         def plain_round(epoch: int) -> tuple[tuple[float, float], tuple[float, float]]:
             """(training s, epoch s) of one replaying epoch and of one augmenting epoch."""
@@ -182,14 +202,33 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     )
     rows = [
         Row(BENCH, "plain loop: epoch (train + val)", "s", plain_epoch_s, plain_memory, setup),
-        Row(BENCH, "raymc --cache: epoch (train + val)", "s", raymc_epoch, raymc_memory, f"epochs 2-{len(history)}",
-            consumer="train_worker", workers="ray_workers"),
+        Row(
+            BENCH,
+            "raymc --cache: epoch (train + val)",
+            "s",
+            raymc_epoch,
+            raymc_memory,
+            f"epochs 2-{len(history)}",
+            consumer="train_worker",
+            workers="ray_workers",
+        ),
         Row(BENCH, "plain loop: training part", "s", plain_train),
         Row(BENCH, "raymc --cache: training part", "s", raymc_train, note=f"data wait {100 * wait:.1f}% of it"),
-        Row(BENCH, "plain loop augmenting each epoch: epoch (train + val)", "s", augmenting_epoch,
-            note=f"raymc's epoch is {raymc_epoch.ratio(augmenting_epoch):.2f}x this one (same work)"),
+        Row(
+            BENCH,
+            "plain loop augmenting each epoch: epoch (train + val)",
+            "s",
+            augmenting_epoch,
+            note=f"raymc's epoch is {raymc_epoch.ratio(augmenting_epoch):.2f}x this one (same work)",
+        ),
         Row(BENCH, "plain loop augmenting each epoch: training part", "s", augmenting_train),
-        Row(BENCH, "raymc: fit() start-up + tear-down", "s", stats([fixed]), note="fit() time outside its epochs, caching included"),
+        Row(
+            BENCH,
+            "raymc: fit() start-up + tear-down",
+            "s",
+            stats([fixed]),
+            note="fit() time outside its epochs, caching included",
+        ),
     ]
     if ray_start_s is not None:
         rows.append(Row(BENCH, "Ray start-up", "s", stats([ray_start_s])))

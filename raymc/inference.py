@@ -22,19 +22,18 @@ from torch import Tensor, nn
 
 from raymc.analysis import pathway_logits
 from raymc.cluster import init_ray
-from raymc.data.pipeline import DataSpec, TRAIN_SPLIT, data_spec, dataset_info, eval_rows, to_model_inputs
+from raymc.data.pipeline import TRAIN_SPLIT, DataSpec, data_spec, dataset_info, eval_rows, to_model_inputs
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, DataError
-from raymc.loop import Precision
-from raymc.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, topk_correct
+from raymc.metrics import TOP_K, batch_counts, mean_class_accuracy, per_class_accuracy
+from raymc.precision import Precision
 from raymc.trained import CheckpointError, ModelInfo, model_from_payload
 
 __all__ = [
+    "TOP_K",
     "CountBatches",
     "InferenceData",
     "PredictBatches",
-    "TOP_K",
-    "batch_counts",
     "check_fits",
     "count_totals",
     "inference_data",
@@ -43,10 +42,9 @@ __all__ = [
     "split_name",
 ]
 
-TOP_K = 5
 INFERENCE_BATCH = 64  # rows per model call: small enough for ResNet-152 at 224 px on a CPU actor
-HELD_OUT = ("test", "val")
-CELLS, CELL_COUNTS = "confusion_cells", "confusion_counts"  # sparse confusion matrix of a batch  # NYU calls its held-out split "test", ImageNet "val": either means it
+HELD_OUT = ("test", "val")  # NYU calls its held-out split "test", ImageNet "val": either means it
+CELLS, CELL_COUNTS = "confusion_cells", "confusion_counts"  # sparse confusion matrix of a batch
 
 
 @dataclass(frozen=True)
@@ -125,24 +123,14 @@ class _ScoreBatches:
     def outputs(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, Tensor], Tensor]:
         """({pathway: float32 logits}, labels) of a batch, on the actor's device, in eval mode."""
         # Ray hands read-only zero-copy views; torch wants writable memory.
-        tensors = {s.column: torch.from_numpy(np.require(batch[s.column], requirements=("C", "W"))) for s in self.spec.streams}
+        tensors = {
+            s.column: torch.from_numpy(np.require(batch[s.column], requirements=("C", "W"))) for s in self.spec.streams
+        }
         inputs = to_model_inputs(tensors, self.spec, self.device, channels_last=self.device.type == "cuda")
         with self.precision.autocast(self.device):
             logits = pathway_logits(self.model, inputs)
         labels = torch.from_numpy(np.array(batch["label"], dtype=np.int64)).to(self.device)
         return {name: out.float() for name, out in logits.items()}, labels
-
-
-def batch_counts(outputs: dict[str, Tensor], labels: Tensor, num_classes: int) -> dict[str, Tensor]:
-    """Additive counts of one batch: loss sum, samples, top-1/top-5 hits, hits per pathway, confusion."""
-    logits = outputs["full"]
-    return {
-        "loss": nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-        "samples": torch.tensor(labels.shape[0], dtype=torch.float64),
-        **{f"top{k}": hits.double() for k, hits in topk_correct(logits, labels, ks=(1, TOP_K)).items()},
-        **{name: (out.argmax(1) == labels).sum().double() for name, out in outputs.items() if name != "full"},
-        "confusion": confusion_matrix(logits.argmax(1), labels, num_classes),
-    }
 
 
 class CountBatches(_ScoreBatches):
@@ -268,6 +256,7 @@ def metrics_from_counts(totals: dict[str, np.ndarray], classes: tuple[str, ...])
     pathway_names = [key for key in totals if key.endswith("_only")]
     metrics["pathways"] = (
         {"full": metrics["acc"], **{name: float(totals[name]) / samples for name in pathway_names}}
-        if pathway_names else None
+        if pathway_names
+        else None
     )
     return metrics

@@ -3,6 +3,7 @@
 Read top to bottom: set up (model, optimizer, schedule, precision), restore the newest
 checkpoint if there is one, then per epoch: train, validate, decide best/stop from metrics
 reduced across ranks (so every rank decides the same), report metrics with a checkpoint.
+Everything an epoch changes lives in one `LoopState` that the functions below take explicitly.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from raymc import checkpoint
 from raymc.analysis import pathway_logits
@@ -31,44 +34,13 @@ from raymc.config import TrainConfig
 from raymc.data.augment import mixup
 from raymc.data.pipeline import DataSpec, to_model_inputs
 from raymc.early_stopping import EarlyStopping
-from raymc.metrics import confusion_matrix, mean_class_accuracy, topk_correct
-from raymc.models import build_model
+from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
+from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
+from raymc.precision import Precision
 from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings for one device: bf16 on GPUs that have it, fp16 on request, else fp32."""
-
-    dtype: torch.dtype | None
-
-    @classmethod
-    def choose(cls, device: torch.device, config: TrainConfig) -> Precision:
-        if not config.mixed_precision or device.type != "cuda":
-            return cls(None)
-        if config.amp_dtype == "fp16" or (config.amp_dtype == "auto" and not torch.cuda.is_bf16_supported()):
-            return cls(torch.float16)
-        return cls(torch.bfloat16)
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.dtype == torch.float16
-
-
-def model_kwargs(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    """The build_model arguments a config implies."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if config.model.startswith("mc_"):
-        kwargs.update(fusion=config.fusion, dropout=config.dropout)
-    else:
-        kwargs.update(sd_mode=config.sd_mode, **({"pL": config.pL} if config.pL is not None else {}))
-    return kwargs
 
 
 def worker_batch(config: TrainConfig, world_size: int) -> int:
@@ -79,6 +51,33 @@ def worker_batch(config: TrainConfig, world_size: int) -> int:
 def steps_per_epoch(num_train: int, world_size: int, config: TrainConfig) -> int:
     """Batches each worker sees per epoch: rows are split equally and the last partial batch dropped."""
     return (num_train // world_size) // worker_batch(config, world_size)
+
+
+@dataclass
+class LoopState:
+    """One worker's training run: what it was given, and what each epoch and step moves forward."""
+
+    config: TrainConfig
+    spec: DataSpec
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: Precision
+    num_steps: int  # training steps per epoch on this worker
+    clock: Any  # EpochClock actor handle: tells the augmentation which epoch it is
+    train_shard: ray.data.DataIterator
+    val_shard: ray.data.DataIterator
+    telemetry: TrainingTelemetry
+    model: nn.Module  # what trains: DistributedDataParallel-wrapped with several workers
+    core: nn.Module  # the model itself: what validates and what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopping
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)  # best_model.pt's payload
+    epoch: int = 1  # the epoch running, or the first to run
+    first_step: int = 0  # steps of `epoch` a preempted run had done before it stopped
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -124,158 +123,10 @@ def _setup_progress_logging() -> None:
         logger.propagate = False
 
 
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable[dict[str, torch.Tensor]],
-    *,
-    spec: DataSpec,
-    config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    precision: Precision,
-    device: torch.device,
-    num_steps: int,
-    epoch: int,
-    first_step: int = 0,
-    telemetry: TrainingTelemetry,
-    on_preemption: Callable[[int], None],
-) -> dict[str, float]:
-    """One pass over this worker's training batches; returns globally reduced loss, accuracy and data wait.
-
-    Starts at `first_step` when resuming inside an epoch. Raises Diverged, on every rank at the
-    same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
-    losses and are not divergence). Every --preemption-check-steps steps it asks Ray Train whether
-    a node is about to be preempted and, if so, calls on_preemption(steps done) once.
-    """
-    model.train()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
-    data_wait = 0.0
-    optimizer.zero_grad(set_to_none=True)
-    iterator = iter(batches)
-    preemption_saved = False
-    for step in range(first_step, num_steps):
-        wait_start = time.perf_counter()
-        batch = next(iterator, None)
-        step_wait = time.perf_counter() - wait_start
-        data_wait += step_wait
-        if batch is None:  # fewer rows than planned: undecodable images were skipped
-            break
-        inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
-        labels = batch["label"].to(device, non_blocking=True)
-        targets: torch.Tensor = labels
-        if config.mixup > 0:
-            inputs, targets = mixup(inputs, labels, alpha=config.mixup, num_classes=spec.num_classes)
-        sync_now = (step + 1) % config.grad_accum_steps == 0 or step + 1 == num_steps
-        no_sync = getattr(model, "no_sync", contextlib.nullcontext)
-        with contextlib.nullcontext() if sync_now else no_sync():
-            with precision.autocast(device):
-                logits = model(*inputs)
-                loss = loss_fn(logits.float(), targets)
-            _check_finite(loss, epoch=epoch, step=step + 1)
-            scaler.scale(loss / config.grad_accum_steps).backward()
-        if sync_now:
-            if config.grad_clip_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-        totals += torch.stack(
-            [loss.detach().double() * labels.shape[0], (logits.argmax(1) == labels).sum().double(),
-             torch.tensor(labels.shape[0], device=device, dtype=torch.float64)]
-        )
-        telemetry.record_step(
-            loss=loss.item(), lr=optimizer.param_groups[-1]["lr"], data_wait_s=step_wait,
-            images=labels.shape[0], step_s=time.perf_counter() - wait_start,
-        )
-        if (step + 1) % config.preemption_check_steps == 0 and not preemption_saved:
-            if ray.train.get_preemption_info() is not None:
-                on_preemption(step + 1)
-                preemption_saved = True
-    # Leave the iterator exhausted so Ray Data finishes this epoch's execution cleanly.
-    for _ in iterator:
-        pass
-    loss_sum, correct, count = _all_reduce(totals).tolist()
-    return {"train_loss": loss_sum / count, "train_acc": correct / count, "data_wait_s": data_wait}
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module, shard, *, spec: DataSpec, config: TrainConfig, precision: Precision, device: torch.device
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Loss, top-1/top-5, mean class accuracy and per-pathway accuracy over every validation row.
-
-    Returns (metrics, evaluation) where evaluation holds the confusion matrix and pathway
-    accuracies of this epoch. Runs the unwrapped model in eval mode: no collective calls per
-    batch, so ranks may see different numbers of validation batches.
-    """
-    core = _unwrap(model)
-    _broadcast_buffers(core)
-    core.eval()
-    num_classes = spec.num_classes
-    ks = (1, 5) if num_classes >= 5 else (1,)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    sums: dict[str, torch.Tensor] = {}
-    per_worker_batch = worker_batch(config, ray.train.get_context().get_world_size())
-    for batch in shard.iter_torch_batches(batch_size=per_worker_batch):
-        inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
-        labels = batch["label"].to(device, non_blocking=True)
-        with precision.autocast(device):
-            outputs = pathway_logits(core, inputs)
-        logits = outputs["full"].float()
-        counts = {
-            "loss": nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-            "samples": torch.tensor(labels.shape[0], device=device, dtype=torch.float64),
-            **{f"top{k}": c.double() for k, c in topk_correct(logits, labels, ks=ks).items()},
-            **{name: (out.argmax(1) == labels).sum().double() for name, out in outputs.items() if name != "full"},
-        }
-        for key, value in counts.items():
-            sums[key] = sums.get(key, 0) + value
-        confusion += confusion_matrix(logits.argmax(1), labels, num_classes)
-    pathway_names = [name for name in core_pathways(core) if name != "full"]
-    names = ["loss", "samples", *(f"top{k}" for k in ks), *pathway_names]
-    packed = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float64) for n in names])
-    reduced = dict(zip(names, _all_reduce(packed).tolist()))
-    confusion = _all_reduce(confusion)
-    samples = max(reduced["samples"], 1.0)
-    metrics = {
-        "val_loss": reduced["loss"] / samples,
-        "val_acc": reduced["top1"] / samples,
-        "val_mean_class_acc": mean_class_accuracy(confusion),
-    }
-    if 5 in ks:
-        metrics["val_acc5"] = reduced["top5"] / samples
-    pathways = {"full": metrics["val_acc"]}
-    for name in pathway_names:
-        metrics[f"val_acc_{name}"] = pathways[name] = reduced[name] / samples
-    return metrics, {"confusion": confusion.cpu().tolist(), "pathways": pathways if len(pathways) > 1 else None}
-
-
-def core_pathways(model: nn.Module) -> list[str]:
-    """Pathway names a model's validation reports: 'full' plus '<stream>_only' for two streams."""
-    if getattr(model, "num_streams", 1) == 2:
-        return ["full", *(f"{name}_only" for name in model.stream_names)]
-    return ["full"]
-
-
-def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
-    parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "lr", "images_per_s"):
-        if key in metrics:
-            value = metrics[key]
-            parts.append(f"{key} {value:.3g}" if key in ("lr", "images_per_s") else f"{key} {value:.4f}")
-    logger.info("  ".join(parts) + ("  *best*" if improved else ""))
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. loop_config: {"config": TrainConfig dict, "spec": DataSpec,
-    "clock": EpochClock handle, "threads": torch threads per worker, "run_name": str}."""
+def start_worker(loop_config: dict[str, Any]) -> LoopState:
+    """This worker's model, optimizer, schedule, precision and data shards, before any checkpoint."""
     config = TrainConfig(**loop_config["config"])
     spec: DataSpec = loop_config["spec"]
-    clock = loop_config["clock"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["threads"])
@@ -293,125 +144,297 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     num_steps = steps_per_epoch(spec.num_train, world_size, config)
     optimizer = build_optimizer(core, config)
-    scheduler = build_scheduler(optimizer, config, math.ceil(num_steps / config.grad_accum_steps))
     precision = Precision.choose(device, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
-    stopper = EarlyStopping(config.monitor, config.patience, config.min_delta)
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {}
-    start_epoch, first_step = 1, 0
+    return LoopState(
+        config=config,
+        spec=spec,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        precision=precision,
+        num_steps=num_steps,
+        clock=loop_config["clock"],
+        telemetry=telemetry,
+        train_shard=ray.train.get_dataset_shard("train"),
+        val_shard=ray.train.get_dataset_shard("val"),
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config, math.ceil(num_steps / config.grad_accum_steps)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_scaler),
+        stopper=EarlyStopping(config.monitor, config.patience, config.min_delta),
+    )
 
+
+def restore(state: LoopState, resume_from: ray.train.Checkpoint) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, scaler, early stopping, history, best
+    model, and the position (the epoch after the saved one, plus the steps it had done of that)."""
+    with resume_from.as_directory() as folder:
+        saved = checkpoint.load_state(folder)
+        state.best = checkpoint.load_best_model(folder)
+        state.history = checkpoint.load_history(folder)
+    state.core.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.stopper = EarlyStopping(**saved["early_stopping"])
+    state.epoch, state.first_step = saved["epoch"] + 1, saved["steps_done"]
+    if state.rank == 0:
+        logger.info("resumed from the checkpoint of epoch %d (+%d steps)", saved["epoch"], state.first_step)
+
+
+def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, steps_done: int = 0) -> None:
+    """Report metrics from every rank; rank 0 attaches the checkpoint (state after `epoch`
+    complete epochs plus `steps_done` steps of the next one)."""
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = None
+        if state.rank == 0:
+            saved = {
+                "model": state.core.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict(),
+                "epoch": epoch,
+                "steps_done": steps_done,
+                "early_stopping": state.stopper.state_dict(),
+            }
+            progress = {"epoch": epoch, "steps_done": steps_done, "stopped_early": state.stopper.should_stop}
+            checkpoint.save(folder, state=saved, best_model=state.best, history=state.history, progress=progress)
+            ckpt = ray.train.Checkpoint.from_directory(folder)
+        name = f"checkpoint_epoch_{epoch:04d}" + (f"_step_{steps_done:06d}" if steps_done else "")
+        ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=name)
+
+
+def save_before_preemption(state: LoopState, steps_done: int) -> None:
+    """Checkpoint the running epoch's first `steps_done` steps, reported with the last epoch's metrics."""
+    if state.rank == 0:
+        logger.info("a node is about to be preempted: checkpointing after %d steps of the epoch", steps_done)
+    last = state.history[-1] if state.history else {"epoch": state.epoch - 1}
+    report = {**last, "best_epoch": state.stopper.best_epoch}
+    save_and_report(state, report, epoch=state.epoch - 1, steps_done=steps_done)
+
+
+def begin_epoch(state: LoopState, epoch: int) -> StartedEpoch:
+    """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
+    ray.get(state.clock.set.remote(epoch))
+    batches = training_batches(
+        state.train_shard, batch_size=worker_batch(state.config, state.world_size), seed=state.config.seed, epoch=epoch
+    )
+    return StartedEpoch(batches)
+
+
+def train_step(
+    state: LoopState, batch: dict[str, torch.Tensor], *, step: int, loss_fn: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward one batch; the optimizer steps every --grad-accum-steps batches and at
+    the epoch's end. Returns (loss, [loss sum, correct, samples]) of the batch."""
+    config, device = state.config, state.device
+    inputs = to_model_inputs(batch, state.spec, device, channels_last=device.type == "cuda")
+    labels = batch["label"].to(device, non_blocking=True)
+    targets: torch.Tensor = labels
+    if config.mixup > 0:
+        inputs, targets = mixup(inputs, labels, alpha=config.mixup, num_classes=state.spec.num_classes)
+    sync_now = (step + 1) % config.grad_accum_steps == 0 or step + 1 == state.num_steps
+    no_sync = getattr(state.model, "no_sync", contextlib.nullcontext)
+    with contextlib.nullcontext() if sync_now else no_sync():
+        with state.precision.autocast(device):
+            logits = state.model(*inputs)
+            loss = loss_fn(logits.float(), targets)
+        _check_finite(loss, epoch=state.epoch, step=step + 1)
+        state.scaler.scale(loss / config.grad_accum_steps).backward()
+    if sync_now:
+        if config.grad_clip_norm:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip_norm)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scheduler.step()
+    totals = torch.stack(
+        [
+            loss.detach().double() * labels.shape[0],
+            (logits.argmax(1) == labels).sum().double(),
+            torch.tensor(labels.shape[0], device=device, dtype=torch.float64),
+        ]
+    )
+    return loss, totals
+
+
+def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One pass over this worker's training batches; returns globally reduced loss, accuracy and data wait.
+
+    Starts at `state.first_step` when resuming inside an epoch. Raises Diverged, on every rank at
+    the same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
+    losses and are not divergence). Every --preemption-check-steps steps it asks Ray Train whether
+    a node is about to be preempted and, if so, checkpoints once (save_before_preemption).
+    """
+    config = state.config
+    state.model.train()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    totals = torch.zeros(3, device=state.device, dtype=torch.float64)  # loss sum, correct, samples
+    data_wait = 0.0
+    state.optimizer.zero_grad(set_to_none=True)
+    iterator = iter(batches)
+    preemption_saved = False
+    for step in range(state.first_step, state.num_steps):
+        wait_start = time.perf_counter()
+        batch = next(iterator, None)
+        step_wait = time.perf_counter() - wait_start
+        data_wait += step_wait
+        if batch is None:  # fewer rows than planned: undecodable images were skipped
+            break
+        loss, step_totals = train_step(state, batch, step=step, loss_fn=loss_fn)
+        totals += step_totals
+        state.telemetry.record_step(
+            loss=loss.item(),
+            lr=state.optimizer.param_groups[-1]["lr"],
+            data_wait_s=step_wait,
+            images=batch["label"].shape[0],
+            step_s=time.perf_counter() - wait_start,
+        )
+        check_now = (step + 1) % config.preemption_check_steps == 0 and not preemption_saved
+        if check_now and ray.train.get_preemption_info() is not None:
+            save_before_preemption(state, step + 1)
+            preemption_saved = True
+    # Leave the iterator exhausted so Ray Data finishes this epoch's execution cleanly.
+    for _ in iterator:
+        pass
+    loss_sum, correct, count = _all_reduce(totals).tolist()
+    return {"train_loss": loss_sum / count, "train_acc": correct / count, "data_wait_s": data_wait}
+
+
+@torch.no_grad()
+def validate(state: LoopState) -> tuple[dict[str, float], dict[str, Any]]:
+    """Loss, top-1/top-5, mean class accuracy and per-pathway accuracy over every validation row.
+
+    Returns (metrics, evaluation) where evaluation holds the confusion matrix and pathway
+    accuracies of this epoch. Runs the unwrapped model in eval mode: no collective calls per
+    batch, so ranks may see different numbers of validation batches.
+    """
+    core, device, spec = state.core, state.device, state.spec
+    _broadcast_buffers(core)
+    core.eval()
+    confusion = torch.zeros(spec.num_classes, spec.num_classes, dtype=torch.int64, device=device)
+    sums: dict[str, torch.Tensor] = {}
+    for batch in state.val_shard.iter_torch_batches(batch_size=worker_batch(state.config, state.world_size)):
+        inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
+        labels = batch["label"].to(device, non_blocking=True)
+        with state.precision.autocast(device):
+            outputs = pathway_logits(core, inputs)
+        counts = batch_counts({name: out.float() for name, out in outputs.items()}, labels, spec.num_classes)
+        confusion += counts.pop("confusion")
+        for key, value in counts.items():
+            sums[key] = sums.get(key, 0) + value
+    pathway_names = [name for name in core_pathways(core) if name != "full"]
+    names = count_keys(spec.num_classes, pathway_names)
+    packed = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float64) for n in names])
+    reduced = dict(zip(names, _all_reduce(packed).tolist()))
+    confusion = _all_reduce(confusion)
+    samples = max(reduced["samples"], 1.0)
+    metrics = {
+        "val_loss": reduced["loss"] / samples,
+        "val_acc": reduced["top1"] / samples,
+        "val_mean_class_acc": mean_class_accuracy(confusion),
+    }
+    if "top5" in reduced:
+        metrics["val_acc5"] = reduced["top5"] / samples
+    pathways = {"full": metrics["val_acc"]}
+    for name in pathway_names:
+        metrics[f"val_acc_{name}"] = pathways[name] = reduced[name] / samples
+    return metrics, {"confusion": confusion.cpu().tolist(), "pathways": pathways if len(pathways) > 1 else None}
+
+
+def core_pathways(model: nn.Module) -> list[str]:
+    """Pathway names a model's validation reports: 'full' plus '<stream>_only' for two streams."""
+    if getattr(model, "num_streams", 1) == 2:
+        return ["full", *(f"{name}_only" for name in model.stream_names)]
+    return ["full"]
+
+
+def best_model(state: LoopState, metrics: dict[str, float], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """best_model.pt's payload: this epoch's weights (on the CPU) with what rebuilding and reading them needs."""
+    config = state.config
+    return {
+        "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in state.core.state_dict().items()}),
+        "model": config.model,
+        "model_kwargs": model_kwargs(config, state.spec.num_classes),
+        "classes": list(state.spec.classes),
+        "num_params": sum(p.numel() for p in state.core.parameters()),
+        "config": config.to_dict(),
+        "epoch": state.epoch,
+        "metrics": metrics,
+        **evaluation,
+    }
+
+
+def end_epoch(state: LoopState, metrics: dict[str, float], evaluation: dict[str, Any]) -> None:
+    """Record a finished epoch: early stopping, history, best model, the log line, the report."""
+    state.first_step = 0
+    improved = state.stopper.update(metrics, state.epoch)
+    state.history.append(metrics)
+    if improved:
+        state.best = best_model(state, metrics, evaluation)
+    if state.rank == 0:
+        _log_epoch(state.epoch, state.config.epochs, metrics, improved)
+    best = {"best_epoch": state.stopper.best_epoch, f"best_{state.config.monitor}": state.stopper.best}
+    save_and_report(state, {**metrics, **best}, epoch=state.epoch)
+
+
+def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "lr", "images_per_s"):
+        if key in metrics:
+            value = metrics[key]
+            parts.append(f"{key} {value:.3g}" if key in ("lr", "images_per_s") else f"{key} {value:.4f}")
+    logger.info("  ".join(parts) + ("  *best*" if improved else ""))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. loop_config: {"config": TrainConfig dict, "spec": DataSpec,
+    "clock": EpochClock handle, "threads": torch threads per worker, "run_name": str}."""
+    state = start_worker(loop_config)
+    config = state.config
     resume_from = ray.train.get_checkpoint()
     if resume_from:
-        with resume_from.as_directory() as folder:
-            state = checkpoint.load_state(folder)
-            best = checkpoint.load_best_model(folder)
-            history = checkpoint.load_history(folder)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        stopper = EarlyStopping(**state["early_stopping"])
-        start_epoch, first_step = state["epoch"] + 1, state["steps_done"]
-        if rank == 0:
-            logger.info("resumed from the checkpoint of epoch %d (+%d steps)", state["epoch"], first_step)
-
-    def save_and_report(report: dict[str, float], *, epoch: int, steps_done: int = 0) -> None:
-        """Report metrics from every rank; rank 0 attaches the checkpoint (state after `epoch`
-        complete epochs plus `steps_done` steps of the next one)."""
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                state = {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "steps_done": steps_done,
-                    "early_stopping": stopper.state_dict(),
-                }
-                progress = {"epoch": epoch, "steps_done": steps_done, "stopped_early": stopper.should_stop}
-                checkpoint.save(folder, state=state, best_model=best, history=history, progress=progress)
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            name = f"checkpoint_epoch_{epoch:04d}" + (f"_step_{steps_done:06d}" if steps_done else "")
-            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=name)
-
-    def save_before_preemption(steps_done: int) -> None:
-        if rank == 0:
-            logger.info("a node is about to be preempted: checkpointing after %d steps of the epoch", steps_done)
-        last = history[-1] if history else {"epoch": epoch - 1}
-        save_and_report({**last, "best_epoch": stopper.best_epoch}, epoch=epoch - 1, steps_done=steps_done)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-
-    def begin_epoch(epoch: int) -> StartedEpoch:
-        """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
-        ray.get(clock.set.remote(epoch))
-        batches = training_batches(
-            train_shard, batch_size=worker_batch(config, world_size), seed=config.seed, epoch=epoch
-        )
-        return StartedEpoch(batches)
+        restore(state, resume_from)
 
     upcoming: StartedEpoch | None = None
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopper.should_stop:
+    for epoch in range(state.epoch, config.epochs + 1):
+        if state.stopper.should_stop:
             break
-        batches, upcoming = upcoming or begin_epoch(epoch), None
-        telemetry.record_epoch(epoch)
+        state.epoch = epoch
+        batches, upcoming = upcoming or begin_epoch(state, epoch), None
+        state.telemetry.record_epoch(epoch)
         started = time.perf_counter()
         try:
-            train_metrics = train_one_epoch(
-                model, batches, spec=spec, config=config, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, precision=precision, device=device, num_steps=num_steps, epoch=epoch,
-                first_step=first_step, telemetry=telemetry, on_preemption=save_before_preemption,
-            )
+            train_metrics = train_one_epoch(state, batches)
         except Diverged as diverged:
-            if rank == 0:
-                logger.error(
-                    "stopping: %s; the last good checkpoint is that of epoch %d", diverged, epoch - 1
-                )
+            if state.rank == 0:
+                logger.error("stopping: %s; the last good checkpoint is that of epoch %d", diverged, epoch - 1)
             return
         train_time = time.perf_counter() - started
         if config.cache and epoch < config.epochs:
             # Validation then reads the object store and runs no Ray Data tasks, so the next epoch's
             # pipeline can start now. (Streamed validation would wait for CPUs held by that pipeline's
             # tasks, which stall until training consumes them: 20-45 s a validation, measured.)
-            upcoming = begin_epoch(epoch + 1)
-        val_metrics, evaluation = validate(model, val_shard, spec=spec, config=config, precision=precision, device=device)
+            upcoming = begin_epoch(state, epoch + 1)
+        val_metrics, evaluation = validate(state)
         metrics = {
             "epoch": epoch,
             **train_metrics,
             **val_metrics,
-            "lr": optimizer.param_groups[-1]["lr"],
+            "lr": state.optimizer.param_groups[-1]["lr"],
             "epoch_time_s": time.perf_counter() - started,
-            "images_per_s": (num_steps - first_step) * config.batch / train_time,
+            "images_per_s": (state.num_steps - state.first_step) * config.batch / train_time,
         }
-        first_step = 0
-        improved = stopper.update(metrics, epoch)
-        history.append(metrics)
-        if improved:
-            best = {
-                "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()}),
-                "model": config.model,
-                "model_kwargs": model_kwargs(config, spec.num_classes),
-                "classes": list(spec.classes),
-                "num_params": sum(p.numel() for p in core.parameters()),
-                "config": config.to_dict(),
-                "epoch": epoch,
-                "metrics": metrics,
-                **evaluation,
-            }
-        if rank == 0:
-            _log_epoch(epoch, config.epochs, metrics, improved)
-        save_and_report(
-            {**metrics, "best_epoch": stopper.best_epoch, f"best_{config.monitor}": stopper.best}, epoch=epoch
-        )
+        end_epoch(state, metrics, evaluation)
     if upcoming is not None:  # stopped early: the epoch begun during validation will not run
         upcoming.close()
-    if rank == 0 and stopper.should_stop:
+    if state.rank == 0 and state.stopper.should_stop:
         logger.info(
             "early stopping: %s did not improve for %d epochs; best %.4f at epoch %d",
-            config.monitor, stopper.patience, stopper.best, stopper.best_epoch,
+            config.monitor,
+            state.stopper.patience,
+            state.stopper.best,
+            state.stopper.best_epoch,
         )

@@ -17,9 +17,9 @@ from raymc import api
 from raymc.config import TrainConfig
 from raymc.data.pipeline import data_spec
 from raymc.errors import ConfigError, DataError
+from raymc.figures import predictions_figure
 from raymc.inference import CountBatches, PredictBatches, check_fits, count_totals, metrics_from_counts, split_name
-from raymc.models import build_model
-from raymc.plots import predictions_figure
+from raymc.models import build_model, model_kwargs
 from raymc.trained import CheckpointError
 
 CLASSES = ["bedroom", "kitchen", "office"]
@@ -34,7 +34,7 @@ NYU_INFO = {
 
 def _payload(name: str = "mc_resnet18", classes: list[str] = CLASSES, **config) -> dict:
     torch.manual_seed(0)
-    kwargs = {"num_classes": len(classes), **({"fusion": "concat", "dropout": 0.0} if name.startswith("mc_") else {})}
+    kwargs = model_kwargs(TrainConfig(model=name, fusion="concat", dropout=0.0), len(classes))
     model = build_model(name, **kwargs)
     return {
         "state_dict": model.state_dict(),
@@ -110,7 +110,11 @@ def test_unknown_settings_are_refused_with_the_closest_name():
 
 @pytest.mark.parametrize("where", ["file", "run folder", "checkpoint folder"])
 def test_load_model_from_file_run_folder_or_checkpoint_folder(run_dir, where):
-    path = {"file": run_dir / "best_model.pt", "run folder": run_dir, "checkpoint folder": run_dir / "checkpoint_epoch_0003"}[where]
+    path = {
+        "file": run_dir / "best_model.pt",
+        "run folder": run_dir,
+        "checkpoint folder": run_dir / "checkpoint_epoch_0003",
+    }[where]
     model = raymc.load_model(path)
     assert not model.training
     assert model.classes == CLASSES and model.input_streams == ("rgb", "depth")
@@ -164,7 +168,9 @@ def test_missing_data_is_named(model, tmp_path):
 
 def test_an_imagenet_checkpoint_is_refused_for_nyu_data(tmp_path, nyu_folder):
     torch.save(_payload("sd_resnet50"), tmp_path / "sd.pt")
-    with pytest.raises(CheckpointError, match=r"sd.pt holds sd_resnet50, which takes rgb input, but .* provides rgb \+ depth"):
+    with pytest.raises(
+        CheckpointError, match=r"sd.pt holds sd_resnet50, which takes rgb input, but .* provides rgb \+ depth"
+    ):
         raymc.evaluate(tmp_path / "sd.pt", nyu_folder)
 
 
@@ -250,7 +256,9 @@ def test_predictions_grid_marks_mistakes_in_red():
 @pytest.mark.parametrize("cli", ["evaluate", "predict"])
 def test_cli_errors_are_one_line_with_exit_code_2(cli, tmp_path, capsys):
     main = importlib.import_module(f"raymc.{cli}").main
-    code = main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o.parquet")])
+    code = main(
+        ["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o.parquet")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert str(tmp_path / "missing.pt") in err

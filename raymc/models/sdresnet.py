@@ -84,9 +84,7 @@ class SDResNet(ResNet):
 
     def survival_probabilities(self) -> list[float]:
         """Each block's survival probability while training, in forward order."""
-        return [
-            1.0 - m.stochastic_depth.p for m in self.modules() if isinstance(m, StochasticDepthBottleneck)
-        ]
+        return [1.0 - m.stochastic_depth.p for m in self.modules() if isinstance(m, StochasticDepthBottleneck)]
 
 
 def sd_resnet50(**kwargs: Any) -> SDResNet:
