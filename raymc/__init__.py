@@ -1,6 +1,8 @@
 """raymc: train and tune image classifiers (RGB-D MCResNet, stochastic-depth ResNet) on Ray."""
 
 import os
+import sys
+import types
 
 # A local Ray instance that raymc starts binds to 127.0.0.1 only. Ray reads this switch when it
 # is first imported, so it is set here, before any raymc module imports ray. It is left alone
@@ -23,3 +25,18 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'raymc' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`raymc.evaluate` and `raymc.predict` name both an API function and a CLI module
+    (`python -m raymc.evaluate`). Importing a submodule binds it as an attribute of its package,
+    which would hide the function; this package declines that binding for API names, so
+    `raymc.evaluate(...)` stays the function and the CLI module stays in sys.modules."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

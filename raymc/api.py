@@ -14,11 +14,10 @@ functions, so there is one implementation of each.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
-import sys
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from raymc.checkpoint import BEST_MODEL_FILE
-from raymc.config import SEED_SCRIPT_KEYS, SETTING_NAMES, TrainConfig, build_config
+from raymc.config import SETTING_NAMES, TrainConfig, build_config, flag_names
 from raymc.errors import ConfigError
+from raymc.figures import predictions_figure
 from raymc.inference import (
     CountBatches,
     InferenceData,
@@ -42,7 +42,7 @@ from raymc.inference import (
     run_inference,
 )
 from raymc.outputs import history_frame
-from raymc.plots import predictions_figure
+from raymc.seed_compat import SEED_SCRIPT_KEYS
 from raymc.trained import as_payload, load_payload, model_from_payload, model_info
 
 __all__ = [
@@ -55,9 +55,11 @@ __all__ = [
     "predict",
     "show_predictions",
     "train_config",
+    "add_inference_arguments",
 ]
 
 PathLike = str | os.PathLike
+SPLITS = ("test", "val", "train")
 PREVIEW_POOL = 8  # show_predictions spreads its n samples over the first PREVIEW_POOL * n rows
 
 
@@ -192,9 +194,13 @@ def evaluate(
     metrics = metrics_from_counts(count_totals(counted, prepared.spec.num_classes), prepared.spec.classes)
     info = model_info(model)
     return {
-        "model": info.name, "checkpoint": info.path, "data": prepared.name, "split": prepared.split,
-        "classes": list(prepared.spec.classes), **metrics,
-    }  # fmt: skip
+        "model": info.name,
+        "checkpoint": info.path,
+        "data": prepared.name,
+        "split": prepared.split,
+        "classes": list(prepared.spec.classes),
+        **metrics,
+    }
 
 
 def predict(
@@ -209,7 +215,9 @@ def predict(
     pred_class, correct, and the top-5 as top5_label, top5_class, top5_prob (highest first);
     with probs=True also every class's probability. Lazy: `.to_pandas()`, `.write_parquet()`."""
     model = _model(model_or_path)
-    return run_inference(PredictBatches, as_payload(model), _data(model, data, split), batch_size=batch_size, probs=probs)
+    return run_inference(
+        PredictBatches, as_payload(model), _data(model, data, split), batch_size=batch_size, probs=probs
+    )
 
 
 def analyze_pathways(
@@ -241,20 +249,33 @@ def show_predictions(
     batch = {key: values[pick] for key, values in first.items()}
     predicted = PredictBatches(as_payload(model), prepared.spec)(batch)
     return predictions_figure(
-        batch["rgb"], batch.get("depth"), predicted["true_class"], predicted["pred_class"],
+        batch["rgb"],
+        batch.get("depth"),
+        predicted["true_class"],
+        predicted["pred_class"],
         title=f"{model_info(model).name} on {prepared.name} ({prepared.split} split)",
-    )  # fmt: skip
+    )
 
 
-def callable_module(module_name: str, function: Callable[..., Any]) -> None:
-    """Make a CLI module callable as `function`.
+# ---------------------------------------------------------------- the inference CLIs
 
-    `raymc.evaluate` and `raymc.predict` name both an API function and a CLI module; importing the
-    module rebinds the package attribute to it, so the module must then behave as the function.
-    """
 
-    class CallableModule(types.ModuleType):
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            return function(*args, **kwargs)
-
-    sys.modules[module_name].__class__ = CallableModule
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --data, --split and --batch-size: shared with raymc.predict."""
+    parser.add_argument(
+        *flag_names("checkpoint"),
+        required=True,
+        metavar="PATH",
+        help="best_model.pt, a Ray checkpoint folder (checkpoint_epoch_NNNN) or a run folder (local or URI)",
+    )
+    parser.add_argument(
+        *flag_names("data"),
+        metavar="PATH",
+        help="prepared Parquet folder, NYU .mat file or ImageFolder (default: the data the model was trained on)",
+    )
+    parser.add_argument(
+        *flag_names("split"),
+        choices=SPLITS,
+        help="test or val: the held-out split, whichever name the data uses (default); or train",
+    )
+    parser.add_argument(*flag_names("batch_size"), type=int, metavar="N", help="rows per model call (default: 64)")

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from raymc import storage
+
 STATE_FILE = "state.pt"
 BEST_MODEL_FILE = "best_model.pt"
 HISTORY_FILE = "history.json"
@@ -38,9 +40,9 @@ def load_best_model(folder: str | Path) -> dict[str, Any]:
 
 
 def load_history(folder: str | Path) -> list[dict]:
-    return json.loads((Path(folder) / HISTORY_FILE).read_text())
+    return storage.read_json(Path(folder) / HISTORY_FILE)
 
 
 def load_progress(folder: str | Path) -> dict[str, Any]:
     """{"epoch": complete epochs, "steps_done": steps into the next, "stopped_early": bool}."""
-    return json.loads((Path(folder) / PROGRESS_FILE).read_text())
+    return storage.read_json(Path(folder) / PROGRESS_FILE)

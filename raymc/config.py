@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from raymc.errors import ConfigError
-from raymc.models import MODEL_NAMES
+from raymc.models import MODEL_NAMES, model_family
+from raymc.seed_compat import SEED_SCRIPT_KEYS, apply_seed_script_keys
 
 
 def setting(default: Any, help: str, *, group: str, choices: tuple | None = None, flag: str | None = None) -> Any:
@@ -51,16 +52,21 @@ class TrainConfig:
     )
     image_size: int = setting(224, "side of the square crops fed to the model", group="data")
     val_resize: int | None = setting(
-        None, "validation: resize the shorter side to this, then centre-crop --image-size "
-        "(default: image size / 0.875, i.e. 256 for 224)", group="data"
+        None,
+        "validation: resize the shorter side to this, then centre-crop --image-size "
+        "(default: image size / 0.875, i.e. 256 for 224)",
+        group="data",
     )
     crop_scale: float = setting(0.08, "smallest area fraction a random resized crop may keep", group="data")
     on_bad_image: str = setting(
-        "skip", "ImageNet: skip and log undecodable files, or fail naming the file", group="data",
+        "skip",
+        "ImageNet: skip and log undecodable files, or fail naming the file",
+        group="data",
         choices=("skip", "fail"),
     )
     cache: bool = setting(
-        False, "keep the decoded training set and the validation view in Ray's object store (materialized once)",
+        False,
+        "keep the decoded training set and the validation view in Ray's object store (materialized once)",
         group="data",
     )
 
@@ -71,19 +77,24 @@ class TrainConfig:
     fusion: str = setting("concat", "MCResNet stream fusion", group="model", choices=("concat", "weighted", "gated"))
     dropout: float = setting(0.0, "dropout before the classifier head", group="model")
     pL: float | None = setting(
-        None, "sd_resnet: survival probability of the last block, decaying linearly from 1 "
-        "(default: 0.5; 1.0 turns stochastic depth off)", group="model",
+        None,
+        "sd_resnet: survival probability of the last block, decaying linearly from 1 "
+        "(default: 0.5; 1.0 turns stochastic depth off)",
+        group="model",
     )
     sd_mode: str = setting(
-        "row", "sd_resnet: drop residual branches per sample (row) or per batch (batch, as in the paper)",
-        group="model", choices=("row", "batch"),
+        "row",
+        "sd_resnet: drop residual branches per sample (row) or per batch (batch, as in the paper)",
+        group="model",
+        choices=("row", "batch"),
     )
 
     # optimisation
     epochs: int = setting(90, "number of epochs", group="optimisation")
     batch: int = setting(256, "global batch size per step, split evenly across workers", group="optimisation")
     lr: float | None = setting(
-        None, "base learning rate (default: 0.1 x effective batch / 256 for SGD, 1e-3 x it for AdamW)",
+        None,
+        "base learning rate (default: 0.1 x effective batch / 256 for SGD, 1e-3 x it for AdamW)",
         group="optimisation",
     )
     optimizer: str = setting("sgd", "optimizer", group="optimisation", choices=("sgd", "adamw"))
@@ -107,8 +118,10 @@ class TrainConfig:
         True, "automatic mixed precision on GPUs (bf16 where supported; CPU runs in fp32)", group="optimisation"
     )
     amp_dtype: str = setting(
-        "auto", "mixed-precision type: auto (bf16 if the GPU has it), bf16, or fp16 (with GradScaler)",
-        group="optimisation", choices=("auto", "bf16", "fp16"),
+        "auto",
+        "mixed-precision type: auto (bf16 if the GPU has it), bf16, or fp16 (with GradScaler)",
+        group="optimisation",
+        choices=("auto", "bf16", "fp16"),
     )
 
     # early stopping
@@ -116,7 +129,9 @@ class TrainConfig:
         None, "stop after this many epochs without improvement of --monitor (default: off)", group="early stopping"
     )
     monitor: str = setting(
-        "val_acc", "metric that decides the best epoch and early stopping", group="early stopping",
+        "val_acc",
+        "metric that decides the best epoch and early stopping",
+        group="early stopping",
         choices=("val_acc", "val_mean_class_acc", "val_acc5", "val_loss"),
     )
     min_delta: float = setting(0.0, "smallest change of --monitor that counts as improvement", group="early stopping")
@@ -129,24 +144,30 @@ class TrainConfig:
         None, "GPUs per worker (default: 1 if the cluster has GPUs, else 0)", group="resources"
     )
     cpus_per_worker: float | None = setting(
-        None, "CPUs per worker (default: half the cluster's CPUs shared by the workers, the rest "
-        "left to Ray Data preprocessing)", group="resources",
+        None,
+        "CPUs per worker (default: half the cluster's CPUs shared by the workers, the rest "
+        "left to Ray Data preprocessing)",
+        group="resources",
     )
 
     max_failures: int = setting(
         0, "restart from the newest checkpoint after up to this many worker or node failures", group="resources"
     )
     preemption_check_steps: int = setting(
-        50, "every this many steps the workers ask Ray Train whether a node is about to be preempted "
-        "(a checkpoint is written at once if so); each check is a short barrier", group="resources",
+        50,
+        "every this many steps the workers ask Ray Train whether a node is about to be preempted "
+        "(a checkpoint is written at once if so); each check is a short barrier",
+        group="resources",
     )
 
     # run
     seed: int = setting(42, "random seed (weights, augmentation, data order, split)", group="run")
     out: str = setting("./runs", "storage path: runs are written to OUT/NAME (local path or s3://...)", group="run")
     name: str | None = setting(
-        None, "run name; running again with the same name resumes from its last checkpoint "
-        "(default: model, data and a hash of the settings)", group="run",
+        None,
+        "run name; running again with the same name resumes from its last checkpoint "
+        "(default: model, data and a hash of the settings)",
+        group="run",
     )
 
     @property
@@ -183,13 +204,20 @@ class TrainConfig:
 SETTING_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 PLACEMENT_SETTINGS = (
-    "out", "name", "num_workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "preemption_check_steps",
+    "out",
+    "name",
+    "num_workers",
+    "gpus_per_worker",
+    "cpus_per_worker",
+    "max_failures",
+    "preemption_check_steps",
 )
 
 
 def changed_settings(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """The settings (placement aside) that differ between a run's recorded settings and these."""
     return sorted(k for k, v in now.items() if k in before and before[k] != v and k not in PLACEMENT_SETTINGS)
+
 
 # Settings the demo run uses unless the user sets them: small images, few epochs, fast on 2 CPUs.
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -240,38 +268,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=None if meta["choices"] else f.name.upper(),
             help=meta["help"] + default_text,
         )
-
-
-SEED_SCRIPT_KEYS = ("data_dir", "depth", "sd")
-
-
-def add_seed_script_arguments(parser: argparse.ArgumentParser) -> None:
-    """The seed ImageNet script's own flags, mapped onto TrainConfig by `apply_seed_script_keys`."""
-    group = parser.add_argument_group("seed script flags (full_imagenet_train.py)")
-    group.add_argument(*flag_names("data_dir"), dest="data_dir", metavar="DIR", help="same as --data")
-    group.add_argument("--depth", type=int, choices=(50, 101, 152), help="ResNet depth: --model sd_resnet<depth>")
-    group.add_argument(
-        "--sd", type=int, choices=(0, 1),
-        help="stochastic depth on (1) or off (0; the default with --depth, as in the seed script)",
-    )
-
-
-def apply_seed_script_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """Turn data_dir / depth / sd into data / model / pL, refusing contradictions."""
-    values = dict(values)
-    data_dir, depth, sd = (values.pop(key, None) for key in SEED_SCRIPT_KEYS)
-    if data_dir is not None:
-        if values.get("data") not in (None, data_dir):
-            raise ConfigError(f"--data-dir {data_dir} and --data {values['data']} differ; give one of them")
-        values["data"] = data_dir
-    if depth is not None:
-        model = f"sd_resnet{depth}"
-        if values.get("model") not in (None, model):
-            raise ConfigError(f"--depth {depth} means --model {model}, but --model {values['model']} was given")
-        values["model"] = model
-    if sd == 0 or (sd is None and depth is not None):
-        values["pL"] = 1.0
-    return values
 
 
 def coerce(name: str, value: Any, source: str) -> Any:
@@ -355,16 +351,32 @@ def validate(config: TrainConfig) -> None:
     if not 0 <= config.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {config.dropout}")
     if config.patience is not None and config.patience < 1:
-        raise ConfigError(f"--patience must be at least 1 (leave it out to turn early stopping off), got {config.patience}")
+        raise ConfigError(
+            f"--patience must be at least 1 (leave it out to turn early stopping off), got {config.patience}"
+        )
     if config.gpus_per_worker is not None and config.gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must not be negative, got {config.gpus_per_worker}")
     if config.max_failures < 0:
         raise ConfigError(f"--max-failures must not be negative, got {config.max_failures}")
-    if config.name is not None and (not config.name or config.name in (".", "..") or any(c in config.name for c in "/\\")):
+    if config.name is not None and (
+        not config.name or config.name in (".", "..") or any(c in config.name for c in "/\\")
+    ):
         raise ConfigError(f"--name {config.name!r} must be a plain folder name (no '/', '\\', '.' or '..')")
     if config.val_resize is not None and config.val_resize < config.image_size:
         raise ConfigError(f"--val-resize {config.val_resize} must be at least --image-size {config.image_size}")
     if config.pL is not None and not 0 < config.pL <= 1:
         raise ConfigError(f"--pL must be in (0, 1] (1.0 turns stochastic depth off), got {config.pL}")
-    if config.model and not config.model.startswith("mc_") and (config.stream1_lr or config.stream2_lr):
+    if config.model and (config.stream1_lr or config.stream2_lr) and not model_family(config.model).takes("stream1_lr"):
         raise ConfigError(f"--stream1-lr/--stream2-lr apply to two-stream mc_resnet models, not {config.model}")
+
+
+def with_params(
+    base: TrainConfig, params: Mapping[str, Any], *, name: str | None = None, source: str = "search space"
+) -> TrainConfig:
+    """`base` with some settings changed (a trial's parameters), each coerced to its field's type
+    and the result validated as flags are."""
+    values = base.to_dict()
+    values.update({key: coerce(key, value, source) for key, value in params.items()})
+    if name is not None:
+        values["name"] = name
+    return build_config(values)

@@ -16,29 +16,11 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from raymc.api import callable_module, evaluate, load_model, open_data, show_predictions
+from raymc import storage
+from raymc.api import add_inference_arguments, evaluate, load_model, open_data, show_predictions
 from raymc.config import flag_names
 from raymc.errors import cli_main
-from raymc.outputs import _write_bytes, _write_figure, _write_json, confusion_figure, pathways_figure
-
-SPLITS = ("test", "val", "train")
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --data, --split and --batch-size: shared with raymc.predict."""
-    parser.add_argument(
-        *flag_names("checkpoint"), required=True, metavar="PATH",
-        help="best_model.pt, a Ray checkpoint folder (checkpoint_epoch_NNNN) or a run folder (local or URI)",
-    )  # fmt: skip
-    parser.add_argument(
-        *flag_names("data"), metavar="PATH",
-        help="prepared Parquet folder, NYU .mat file or ImageFolder (default: the data the model was trained on)",
-    )  # fmt: skip
-    parser.add_argument(
-        *flag_names("split"), choices=SPLITS,
-        help="test or val: the held-out split, whichever name the data uses (default); or train",
-    )  # fmt: skip
-    parser.add_argument(*flag_names("batch_size"), type=int, metavar="N", help="rows per model call (default: 64)")
+from raymc.figures import confusion_figure, pathways_figure, save_png
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,23 +50,26 @@ def per_class_frame(metrics: dict[str, Any]) -> pd.DataFrame:
 def write_evaluation(out: str | Path, metrics: dict[str, Any], predictions: Figure) -> list[Path]:
     """Write metrics.json, per_class.csv and the plots under out; return the paths written."""
     out = Path(out)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
     title = {"model": metrics["model"], "dataset": metrics["data"]}
     written = [
-        _write_json(out / "metrics.json", metrics),
-        _write_bytes(out / "per_class.csv", per_class_frame(metrics).to_csv(index=False).encode()),
-        _write_figure(out / "plots" / "confusion_matrix.png", confusion_figure(metrics["confusion"], metrics["classes"], title)),
-        _write_figure(out / "plots" / "predictions.png", predictions),
+        storage.write_json(out / "metrics.json", metrics),
+        storage.write_bytes(out / "per_class.csv", per_class_frame(metrics).to_csv(index=False).encode()),
+        save_png(
+            out / "plots" / "confusion_matrix.png", confusion_figure(metrics["confusion"], metrics["classes"], title)
+        ),
+        save_png(out / "plots" / "predictions.png", predictions),
     ]
     if metrics["pathways"]:
         figure = pathways_figure(metrics["pathways"], num_classes=len(metrics["classes"]))
-        written.append(_write_figure(out / "plots" / "pathways.png", figure))
+        written.append(save_png(out / "plots" / "pathways.png", figure))
     return written
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    print(f"{metrics['model']} ({metrics['checkpoint']}) on {metrics['data']}, {metrics['split']} split, "
-          f"{metrics['num_samples']} samples")  # fmt: skip
+    print(
+        f"{metrics['model']} ({metrics['checkpoint']}) on {metrics['data']}, {metrics['split']} split, "
+        f"{metrics['num_samples']} samples"
+    )
     print("  ".join(f"{key} {metrics[key]:.4f}" for key in ("loss", "acc", "acc5", "mean_class_acc") if key in metrics))
     if metrics["pathways"]:
         print("pathways: " + "  ".join(f"{name} {value:.4f}" for name, value in metrics["pathways"].items()))
@@ -106,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     sys.exit(main())
 
-
-# `import raymc.evaluate` rebinds raymc.evaluate to this module: calling it still runs the API function.
-callable_module(__name__, evaluate)
 
 if __name__ == "__main__":
     cli()

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from raymc.api import callable_module, predict
+from raymc import storage
+from raymc.api import add_inference_arguments, predict
 from raymc.config import flag_names
 from raymc.errors import ConfigError, cli_main
-from raymc.evaluate import add_inference_arguments
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,17 +35,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def write_predictions(predictions: ray.data.Dataset, out: str | Path) -> int:
     """Collect the predictions, sort them by index and write one Parquet file atomically; return the row count."""
-    out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'predictions.parquet'}")
+    if not storage.is_uri(out) and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {Path(out) / 'predictions.parquet'}")
     table = pa.concat_tables(ray.get(predictions.to_arrow_refs())).sort_by("index")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, partial)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes(out, buffer.getvalue().to_pybytes())
     return table.num_rows
 
 
@@ -65,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     sys.exit(main())
 
-
-# `import raymc.predict` rebinds raymc.predict to this module: calling it still runs the API function.
-callable_module(__name__, predict)
 
 if __name__ == "__main__":
     cli()

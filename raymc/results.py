@@ -15,34 +15,54 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
-import pyarrow.fs
 import pyarrow.parquet as pq
-from matplotlib.figure import Figure
 
+from raymc import storage
+from raymc.config import TrainConfig, with_params
 from raymc.errors import DataError, cli_main
-from raymc.outputs import (
-    _write_bytes,
-    _write_figure,
-    _write_json,
-    training_curves_figure,
-)
+from raymc.figures import epochs_figure, params_figure, save_png, training_curves_figure
+
+if TYPE_CHECKING:
+    from ray.tune import Result, ResultGrid
 
 RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 EPOCHS_PARQUET = "trials.parquet"
 BEST_CONFIG = "best_config.json"
 PLOTS = "plots"
-LOG_SCALE_SPAN = 20  # a positive hyperparameter spanning this factor or more is drawn on a log axis
+DIVERGED = "diverged"  # reported (as 1) by a trial whose training loss stopped being finite
+# Columns of Tune's results that say nothing about a trial's training.
+TUNE_NOISE = (
+    "date",
+    "hostname",
+    "node_ip",
+    "pid",
+    "done",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "time_since_restore",
+    "iterations_since_restore",
+    "time_this_iter_s",
+    "checkpoint_path",
+    "experiment_tag",
+)
+TUNE_TIMING = ("timestamp", "time_total_s", "training_iteration")  # when each epoch was reported
+STATUS = {
+    "COMPLETE": "completed",
+    "PRUNED": "pruned",
+    "FAIL": "error",
+    "RUNNING": "unfinished",
+    "WAITING": "unfinished",
+}
 
 
 @dataclass
@@ -78,56 +98,46 @@ class Results:
             table = table.sort_values(best, ascending=self.mode == "min", na_position="last")
         return table.head(n).rename(columns=lambda c: c.removeprefix("config/")).reset_index(drop=True)
 
+    def format_top(self, n: int = 10) -> str:
+        """The top-n table as text."""
+        table = self.top(n)
+        if table.empty:
+            return "(no trials reported a result)"
+        return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
 
 # ---------------------------------------------------------------- reading
-
-
-def storage_filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The filesystem and path within it of a local path or a URI such as s3://bucket/x."""
-    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).expanduser().resolve()))
-
-
-def is_file(path: str) -> bool:
-    filesystem, root = storage_filesystem(path)
-    return _exists(filesystem, root)
-
-
-def _exists(filesystem: pyarrow.fs.FileSystem, path: str) -> bool:
-    return filesystem.get_file_info(path).type == pyarrow.fs.FileType.File
-
-
-def _read_text(filesystem: pyarrow.fs.FileSystem, path: str) -> str:
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read().decode()
 
 
 def load(path: str | Path) -> Results:
     """Read an experiment folder (results.parquet) or a run folder (history.csv)."""
     path = str(path).rstrip("/")
-    filesystem, root = storage_filesystem(path)
-    if _exists(filesystem, f"{root}/{RESULTS_PARQUET}"):
+    if storage.is_file(storage.join(path, RESULTS_PARQUET)):
+        filesystem, root = storage.filesystem(path)
         return Results(
             path=path,
             kind="experiment",
             trials=pq.read_table(f"{root}/{RESULTS_PARQUET}", filesystem=filesystem).to_pandas(),
             epochs=pq.read_table(f"{root}/{EPOCHS_PARQUET}", filesystem=filesystem).to_pandas(),
-            best_config=json.loads(_read_text(filesystem, f"{root}/{BEST_CONFIG}")),
+            best_config=storage.read_json(storage.join(path, BEST_CONFIG)),
         )
-    if _exists(filesystem, f"{root}/history.csv") and _exists(filesystem, f"{root}/summary.json"):
-        return _load_run(path, filesystem, root)
-    hint = " (an interrupted search: finish it with `python -m raymc.tune ... --resume`)" if _exists(filesystem, f"{root}/tuner.pkl") else ""
+    if storage.is_file(storage.join(path, "history.csv")) and storage.is_file(storage.join(path, "summary.json")):
+        return _load_run(path)
+    interrupted = storage.is_file(storage.join(path, "tuner.pkl"))
+    hint = " (an interrupted search: finish it with `python -m raymc.tune ... --resume`)" if interrupted else ""
     raise DataError(
         f"{path}: neither an experiment folder (no {RESULTS_PARQUET}) nor a run folder (no history.csv "
         f"and summary.json){hint}"
     )
 
 
-def _load_run(path: str, filesystem: pyarrow.fs.FileSystem, root: str) -> Results:
+def _load_run(path: str) -> Results:
     """A training run as an experiment of one trial, named after its folder."""
-    summary = json.loads(_read_text(filesystem, f"{root}/summary.json"))
-    history = pd.read_csv(io.StringIO(_read_text(filesystem, f"{root}/history.csv")))
-    config = json.loads(_read_text(filesystem, f"{root}/config.json")).get("config", {}) if _exists(filesystem, f"{root}/config.json") else {}
-    name, metric = Path(root).name, summary["monitor"]
+    summary = storage.read_json(storage.join(path, "summary.json"))
+    history = pd.read_csv(io.BytesIO(storage.read_bytes(storage.join(path, "history.csv"))))
+    config_file = storage.join(path, "config.json")
+    config = storage.read_json(config_file).get("config", {}) if storage.is_file(config_file) else {}
+    name, metric = Path(path).name, summary["monitor"]
     history.insert(0, "trial_id", name)
     trial = {
         "trial_id": name,
@@ -138,7 +148,11 @@ def _load_run(path: str, filesystem: pyarrow.fs.FileSystem, root: str) -> Result
         f"final_{metric}": summary["final_metrics"].get(metric),
         "run_dir": path,
         "best_model": f"{path}/best_model.pt",
-        **{k: v for k, v in summary.items() if not isinstance(v, (dict, list)) and k not in ("epochs_run", "best_epoch")},
+        **{
+            k: v
+            for k, v in summary.items()
+            if not isinstance(v, (dict, list)) and k not in ("epochs_run", "best_epoch")
+        },
     }
     best = {
         "metric": metric,
@@ -161,131 +175,165 @@ def _load_run(path: str, filesystem: pyarrow.fs.FileSystem, root: str) -> Result
 def write_experiment(results: Results) -> dict[str, str]:
     """Write results.csv/.parquet, trials.parquet, best_config.json and plots/ into the experiment
     folder (staged locally, then copied, so an s3:// experiment works the same)."""
-    filesystem, root = storage_filesystem(results.path)
     with tempfile.TemporaryDirectory() as folder:
         staging = Path(folder)
-        _write_bytes(staging / RESULTS_CSV, results.trials.to_csv(index=False).encode())
+        storage.write_bytes(staging / RESULTS_CSV, results.trials.to_csv(index=False).encode())
         results.trials.to_parquet(staging / RESULTS_PARQUET, index=False)
         results.epochs.to_parquet(staging / EPOCHS_PARQUET, index=False)
-        _write_json(staging / BEST_CONFIG, results.best_config)
+        storage.write_json(staging / BEST_CONFIG, results.best_config)
         plots = draw_plots(results, staging / PLOTS)
-        pyarrow.fs.copy_files(str(staging), root, destination_filesystem=filesystem)
-    names = [RESULTS_CSV, RESULTS_PARQUET, EPOCHS_PARQUET, BEST_CONFIG, *(f"{PLOTS}/{p.name}" for p in plots)]
-    return {name: f"{results.path}/{name}" for name in names}
+        storage.upload_folder(staging, results.path)
+    names = [RESULTS_CSV, RESULTS_PARQUET, EPOCHS_PARQUET, BEST_CONFIG, *(f"{PLOTS}/{Path(p).name}" for p in plots)]
+    return {name: storage.join(results.path, name) for name in names}
 
 
-def draw_plots(results: Results, folder: Path) -> list[Path]:
+def draw_plots(results: Results, folder: str | Path) -> list[str]:
     """The plots of an experiment (metric per epoch, metric vs each parameter), or a run's
-    training curves, written into folder."""
-    folder.mkdir(parents=True, exist_ok=True)
+    training curves, written into folder (a local path or URI)."""
     if results.kind == "run":
         summary = results.trials.iloc[0].to_dict()
-        return [_write_figure(folder / "training_curves.png", training_curves_figure(results.epochs.drop(columns="trial_id"), summary))]
-    paths = [_write_figure(folder / f"{results.metric}_by_epoch.png", epochs_figure(results))]
+        curves = training_curves_figure(results.epochs.drop(columns="trial_id"), summary)
+        return [save_png(storage.join(folder, "training_curves.png"), curves)]
+    paths = [save_png(storage.join(folder, f"{results.metric}_by_epoch.png"), epochs_figure(results))]
     if results.params and not results.trials.empty:
-        paths.append(_write_figure(folder / f"{results.metric}_vs_hyperparameters.png", params_figure(results)))
+        paths.append(save_png(storage.join(folder, f"{results.metric}_vs_hyperparameters.png"), params_figure(results)))
     return paths
 
 
 def redraw_plots(results: Results) -> list[str]:
-    """Draw the plots again into PATH/plots (e.g. after editing this module's style)."""
-    filesystem, root = storage_filesystem(results.path)
-    with tempfile.TemporaryDirectory() as folder:
-        plots = draw_plots(results, Path(folder))
-        pyarrow.fs.copy_files(folder, f"{root}/{PLOTS}", destination_filesystem=filesystem)
-    return [f"{results.path}/{PLOTS}/{p.name}" for p in plots]
+    """Draw the plots again into PATH/plots (e.g. after editing raymc.figures' style)."""
+    return draw_plots(results, storage.join(results.path, PLOTS))
 
 
-# ---------------------------------------------------------------- figures
-
-STYLE = {
-    "completed": {"linestyle": "-", "alpha": 0.9},
-    "pruned": {"linestyle": "--", "color": "0.6", "alpha": 0.8},
-}
-OTHER_STYLE = {"linestyle": ":", "color": "0.4", "alpha": 0.8}
+# ---------------------------------------------------------------- an experiment's tables from Tune's results
 
 
-def epochs_figure(results: Results) -> Figure:
-    """The metric against epoch, one line per trial; trials ASHA stopped are grey and dashed."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.add_subplot()
-    metric, status = results.metric, results.trials.set_index("trial_id")["status"].to_dict()
-    best_id = results.best_config.get("trial_id")
-    for trial_id, history in results.epochs.groupby("trial_id", sort=False):
-        if metric not in history:
-            continue
-        kind = status.get(trial_id, "unfinished")
-        style = dict(STYLE.get(kind, OTHER_STYLE))
-        if trial_id == best_id:
-            style.update(linewidth=2.8, alpha=1.0, label=f"best: {trial_id}")
-        ax.plot(history["epoch"], history[metric], marker="o", markersize=3, **style)
-    counts = pd.Series(status).value_counts()
-    ax.plot([], [], **STYLE["completed"], color="C0", label=f"completed ({counts.get('completed', 0)})")
-    ax.plot([], [], **STYLE["pruned"], label=f"stopped early by ASHA ({counts.get('pruned', 0)})")
-    _maybe_log_y(ax, results.epochs.get(metric), metric)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch, {len(status)} trials")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+def trial_id_of(result: Result) -> str:
+    """A Tune result's trial id: its trial folder is named after it."""
+    return Path(result.path).name
 
 
-def params_figure(results: Results) -> Figure:
-    """Each trial's best metric against each searched parameter; trials that did not complete
-    (stopped by ASHA, diverged, failed) hollow and grey."""
-    params, metric = results.params, results.metric
-    columns = min(3, len(params))
-    rows = math.ceil(len(params) / columns)
-    fig = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
-    y = results.trials[f"best_{metric}"].astype(float)
-    pruned = results.trials["status"] != "completed"
-    for i, param in enumerate(params):
-        ax = fig.add_subplot(rows, columns, i + 1)
-        x = results.trials[f"config/{param}"]
-        positions = _axis_positions(ax, x)
-        ax.scatter(positions[~pruned], y[~pruned], color="C0", label="completed", zorder=3)
-        ax.scatter(positions[pruned], y[pruned], facecolors="none", edgecolors="0.5", label="not completed", zorder=3)
-        _maybe_log_y(ax, y, metric)
-        ax.set_xlabel(param)
-        ax.set_ylabel(f"best {metric}")
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"best {metric} of each trial against each hyperparameter")
-    return fig
+def epochs_table(grid: ResultGrid, trials_storage: str) -> pd.DataFrame:
+    """Every epoch of every trial: trial_id, epoch, the loop's metrics, and Tune's timing.
+
+    A trial's epochs come from its run folder's history (what was trained, each epoch once,
+    also the epochs of a trial interrupted before Tune heard of them); Tune's reports add the
+    wall-clock columns, and stand in for a trial without a run folder.
+    """
+    frames = []
+    for result in grid:
+        trial_id = trial_id_of(result)
+        reported = result.metrics_dataframe
+        if reported is not None and not reported.empty and "epoch" in reported:
+            reported = reported.drop(
+                columns=[c for c in reported.columns if c.startswith("config/") or c in TUNE_NOISE]
+            )
+            # A resumed trial may report an epoch again; keep its newest report.
+            reported = reported.drop_duplicates("epoch", keep="last")
+        else:
+            reported = None
+        history = _run_history(storage.join(trials_storage, trial_id))
+        if history is not None and reported is not None:
+            extra = ["epoch", *(c for c in TUNE_TIMING + (DIVERGED,) if c in reported)]
+            frame = history.merge(reported[extra], on="epoch", how="left")
+        else:
+            frame = history if history is not None else reported
+        if frame is not None:
+            frames.append(frame.assign(trial_id=trial_id))
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", "epoch"])
+    table = pd.concat(frames, ignore_index=True).sort_values(["trial_id", "epoch"])
+    first = ["trial_id", "epoch"]
+    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
 
 
-def _maybe_log_y(ax: Any, values: pd.Series | None, metric: str) -> None:
-    """Losses that span orders of magnitude (a diverging trial next to good ones) on a log axis."""
-    finite = pd.to_numeric(values, errors="coerce").dropna() if values is not None else pd.Series(dtype=float)
-    if metric.endswith("loss") and len(finite) and finite.min() > 0 and finite.max() / finite.min() >= LOG_SCALE_SPAN:
-        ax.set_yscale("log")
+def _run_history(run_dir: str) -> pd.DataFrame | None:
+    """A published run folder's history (one row per trained epoch), or None."""
+    path = storage.join(run_dir, "history.json")
+    rows = storage.read_json(path) if storage.is_file(path) else None
+    return pd.DataFrame(rows) if rows else None
 
 
-def _axis_positions(ax: Any, values: pd.Series) -> pd.Series:
-    """Numbers as they are (log axis when positive and spread), categories as 0, 1, ... with labels."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().sum() == values.notna().sum() and values.map(lambda v: not isinstance(v, bool)).all():
-        finite = numeric.dropna()
-        if len(finite) and finite.min() > 0 and finite.max() / finite.min() >= LOG_SCALE_SPAN:
-            ax.set_xscale("log")
-        return numeric
-    categories = sorted(values.dropna().astype(str).unique())
-    ax.set_xticks(range(len(categories)), categories)
-    ax.set_xlim(-0.5, len(categories) - 0.5)
-    return values.map(lambda v: categories.index(str(v)) if pd.notna(v) else np.nan).astype(float)
+def experiment_tables(
+    grid: ResultGrid, states: Mapping[str, str], *, trials_storage: str, metric: str, mode: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs): one row per trial (Tune's last results + what the search made of it),
+    and one row per trial and epoch. `states` is Optuna's state of each trial id."""
+    epochs = epochs_table(grid, trials_storage)
+    rows = []
+    for result in grid:
+        trial_id = trial_id_of(result)
+        history = epochs[epochs["trial_id"] == trial_id]
+        state = states.get(trial_id, "FAIL" if result.error else "RUNNING")
+        status = "diverged" if (result.metrics or {}).get(DIVERGED) else STATUS.get(state, state.lower())
+        row = {"trial_id": trial_id, "status": status, "epochs_run": len(history)}
+        row.update(_metric_summary(history, metric, mode))
+        run_dir = storage.join(trials_storage, trial_id)
+        row["run_dir"] = run_dir
+        row["best_model"] = (
+            f"{run_dir}/best_model.pt" if storage.is_file(storage.join(run_dir, "best_model.pt")) else None
+        )
+        row.update({f"config/{k}": v for k, v in (result.config or {}).items()})
+        rows.append(row)
+    ours = pd.DataFrame(rows)
+    tune_frame = grid.get_dataframe()
+    if ours.empty or tune_frame.empty or "trial_id" not in tune_frame:
+        return ours, epochs
+    tune_frame = tune_frame.drop(
+        columns=[c for c in tune_frame.columns if c in TUNE_NOISE or (c in ours and c != "trial_id")]
+    )
+    return ours.merge(tune_frame, on="trial_id", how="left"), epochs
+
+
+def _metric_summary(history: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
+    """best_<metric>, its epoch, and final_<metric> of one trial's epochs."""
+    if history.empty or metric not in history:
+        return {f"best_{metric}": None, "best_epoch": None, f"final_{metric}": None}
+    values = history[metric]
+    best_index = values.idxmax() if mode == "max" else values.idxmin()
+    return {
+        f"best_{metric}": float(values[best_index]),
+        "best_epoch": int(history.loc[best_index, "epoch"]),
+        f"final_{metric}": float(values.iloc[-1]),
+    }
+
+
+def best_config(trials: pd.DataFrame, *, base: TrainConfig, metric: str, mode: str) -> dict[str, Any]:
+    """The best trial by its best --metric epoch: its parameters, all its settings (`base` with
+    its parameters), its weights."""
+    column = f"best_{metric}"
+    if trials.empty or column not in trials or trials[column].isna().all():
+        return {"metric": metric, "mode": mode, "trial_id": None}
+    best = trials.loc[trials[column].idxmax() if mode == "max" else trials[column].idxmin()]
+    params = {
+        c.removeprefix("config/"): _plain(best[c])
+        for c in trials.columns
+        if c.startswith("config/") and not _missing(best[c])
+    }
+    return {
+        "metric": metric,
+        "mode": mode,
+        "trial_id": best["trial_id"],
+        "value": float(best[column]),
+        "epoch": int(best["best_epoch"]),
+        "status": best["status"],
+        "config": params,
+        "train_config": with_params(base, params, name=best["trial_id"]).to_dict(),
+        "run_dir": best["run_dir"],
+        "best_model": best["best_model"],
+    }
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, for JSON."""
+    return value.item() if hasattr(value, "item") else value
 
 
 # ---------------------------------------------------------------- command line
-
-
-def format_top(results: Results, n: int = 10) -> str:
-    """The top-n table as text."""
-    table = results.top(n)
-    if table.empty:
-        return "(no trials reported a result)"
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def _status_line(results: Results) -> str:
@@ -299,7 +347,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Print the best trials of a tuning experiment (or a training run's epochs) and redraw its plots.",
     )
     parser.add_argument("path", help="experiment folder OUT/NAME of raymc.tune, or a run folder of raymc.train")
-    parser.add_argument("--top", type=int, default=10, help="how many trials (or epochs) to print (default: %(default)s)")
+    parser.add_argument(
+        "--top", type=int, default=10, help="how many trials (or epochs) to print (default: %(default)s)"
+    )
     parser.add_argument("--no-plots", "--no_plots", dest="plots", action="store_false", help="do not redraw the plots")
     return parser
 
@@ -307,14 +357,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _print_run(results: Results, n: int) -> None:
     trial = results.trials.iloc[0]
     best = results.best_config
-    print(f"run {trial['trial_id']}: {trial['epochs_run']} epochs ({trial['status']}), best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}")
-    columns = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "lr") if c in results.epochs]
+    print(
+        f"run {trial['trial_id']}: {trial['epochs_run']} epochs ({trial['status']}), "
+        f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}"
+    )
+    columns = [
+        c
+        for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "lr")
+        if c in results.epochs
+    ]
     print(results.epochs[columns].tail(n).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def _print_experiment(results: Results, n: int) -> None:
     print(f"experiment {results.path}: {len(results.trials)} trials ({_status_line(results)})")
-    print(format_top(results, n))
+    print(results.format_top(n))
     best = results.best_config
     if best.get("trial_id"):
         print(f"\nbest: {best['trial_id']}  {best['metric']} {best['value']:.4f} at epoch {best['epoch']}")

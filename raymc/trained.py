@@ -18,12 +18,21 @@ import pyarrow.fs
 import torch
 from torch import nn
 
+from raymc import storage
 from raymc.checkpoint import BEST_MODEL_FILE
 from raymc.config import SETTING_NAMES, TrainConfig
 from raymc.errors import DataError, RaymcError
 from raymc.models import build_model
 
-__all__ = ["CheckpointError", "ModelInfo", "as_payload", "attach_info", "load_payload", "model_from_payload", "model_info"]
+__all__ = [
+    "CheckpointError",
+    "ModelInfo",
+    "as_payload",
+    "attach_info",
+    "load_payload",
+    "model_from_payload",
+    "model_info",
+]
 
 REQUIRED_KEYS = ("state_dict", "model", "model_kwargs", "classes")
 # What to pass instead, said by every error about a checkpoint path.
@@ -48,24 +57,19 @@ class ModelInfo:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _join(location: str, name: str) -> str:
-    return f"{location.rstrip('/')}/{name}"
-
-
 def _read_bytes(location: str) -> tuple[bytes, str]:
     """The bytes of best_model.pt at `location` (the file, or a folder holding it), and its path."""
-    uri = location if "://" in location else str(Path(location).expanduser().resolve())
+    uri = storage.as_uri(location)
     try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        filesystem, path = storage.filesystem(uri)
         kind = filesystem.get_file_info(path).type
         if kind == pyarrow.fs.FileType.Directory:
-            path, uri = _join(path, BEST_MODEL_FILE), _join(uri, BEST_MODEL_FILE)
-            if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+            path, uri = storage.join(path, BEST_MODEL_FILE), storage.join(uri, BEST_MODEL_FILE)
+            if not storage.is_file(path, fs=filesystem):
                 raise CheckpointError(f"{location}: this folder holds no {BEST_MODEL_FILE}; {_EXPECTED}")
         elif kind != pyarrow.fs.FileType.File:
             raise CheckpointError(f"{location}: no such checkpoint file or folder; {_EXPECTED}")
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read(), uri
+        return storage.read_bytes(path, fs=filesystem), uri
     except (OSError, pyarrow.ArrowException) as exc:
         raise CheckpointError(f"{location}: cannot read the checkpoint ({exc}); {_EXPECTED}") from None
 
@@ -76,9 +80,7 @@ def load_payload(location: str | Path) -> tuple[dict[str, Any], str]:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for files that are not (safe) checkpoints
-        raise CheckpointError(
-            f"{path}: not a readable raymc checkpoint ({type(exc).__name__}); {_EXPECTED}"
-        ) from None
+        raise CheckpointError(f"{path}: not a readable raymc checkpoint ({type(exc).__name__}); {_EXPECTED}") from None
     if not isinstance(payload, dict) or not payload:
         raise CheckpointError(
             f"{path}: holds no best weights (no epoch had finished when it was written); "
@@ -86,7 +88,9 @@ def load_payload(location: str | Path) -> tuple[dict[str, Any], str]:
         )
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
-        raise CheckpointError(f"{path}: not a raymc {BEST_MODEL_FILE} (no key {', '.join(map(repr, missing))}); {_EXPECTED}")
+        raise CheckpointError(
+            f"{path}: not a raymc {BEST_MODEL_FILE} (no key {', '.join(map(repr, missing))}); {_EXPECTED}"
+        )
     return payload, path
 
 

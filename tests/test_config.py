@@ -55,7 +55,12 @@ def test_yaml_fills_settings_and_flags_win(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("epochs: 3\nbogus_key: 1\n", "bogus_key"), ("epochs: three\n", "epochs"), ("- a\n- b\n", "mapping"), ("a: [\n", "YAML")],
+    [
+        ("epochs: 3\nbogus_key: 1\n", "bogus_key"),
+        ("epochs: three\n", "epochs"),
+        ("- a\n- b\n", "mapping"),
+        ("a: [\n", "YAML"),
+    ],
 )
 def test_bad_yaml_names_the_file_and_key(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
@@ -141,3 +146,24 @@ def test_seed_script_flags_that_contradict_ours_are_refused():
         parse(["--data_dir", "a", "--data", "b"])
     with pytest.raises(ConfigError, match="--pL"):
         parse(["--pL", "1.5"])
+
+
+def test_with_the_seed_scripts_flags_out_is_the_run_folder_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse(["--data_dir", "/data/imagenet", "--depth", "50", "--sd", "1", "--out", "./results_resnet50_sd"])
+    assert (config.out, config.run_name()) == (str(tmp_path), "results_resnet50_sd")
+    default = parse(["--data_dir", "/data/imagenet", "--depth", "50"])  # the seed script's default --out
+    assert (default.out, default.run_name()) == (str(tmp_path), "results_imagenet")
+    remote = parse(["--data_dir", "s3://b/imagenet", "--out", "s3://b/runs/sd50"])
+    assert (remote.out, remote.run_name()) == ("s3://b/runs", "sd50")
+
+
+def test_raymc_spellings_or_a_name_keep_out_as_the_folder_of_runs():
+    assert parse(["--data", "/data/imagenet", "--out", "./runs"]).out == "./runs"
+    named = parse(["--data_dir", "/data/imagenet", "--out", "./runs", "--name", "mine"])
+    assert (named.out, named.run_name()) == ("./runs", "mine")
+
+
+def test_a_seed_style_out_without_a_folder_name_is_refused():
+    with pytest.raises(ConfigError, match="--out s3://bucket: with the seed script's flags"):
+        parse(["--data_dir", "s3://bucket/imagenet", "--out", "s3://bucket"])

@@ -39,7 +39,7 @@ def test_errors_that_are_not_the_users_propagate():
         main(None)
 
 
-@pytest.mark.parametrize("cli", ["evaluate", "predict", "prepare", "results", "train", "tune"])
+@pytest.mark.parametrize("cli", ["evaluate", "predict", "prepare", "results", "train", "tune.cli"])
 def test_every_cli_reports_user_errors_this_way(cli):
     main = importlib.import_module(f"raymc.{cli}").main
     assert getattr(main, "__wrapped__", None) is not None, f"raymc.{cli}.main is not wrapped in cli_main"

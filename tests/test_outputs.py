@@ -74,10 +74,17 @@ HISTORY = make_history(4, pathways=True)
 def full_run(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """A run folder written twice (a longer stale history first), with every optional input."""
     run_dir = tmp_path_factory.mktemp("full") / "run"
-    write_run_outputs(run_dir, history=make_history(6, pathways=True), summary={},
-                      classes=CLASSES, confusion=CONFUSION, pathways=PATHWAYS)
-    written = write_run_outputs(run_dir, history=HISTORY, summary=SUMMARY, classes=CLASSES,
-                                confusion=CONFUSION, pathways=PATHWAYS)
+    write_run_outputs(
+        run_dir,
+        history=make_history(6, pathways=True),
+        summary={},
+        classes=CLASSES,
+        confusion=CONFUSION,
+        pathways=PATHWAYS,
+    )
+    written = write_run_outputs(
+        run_dir, history=HISTORY, summary=SUMMARY, classes=CLASSES, confusion=CONFUSION, pathways=PATHWAYS
+    )
     return run_dir, written
 
 
@@ -85,10 +92,17 @@ def full_run(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def plain_run(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """A one-stream run (no pathway keys, no confusion) over a folder that had both before."""
     run_dir = tmp_path_factory.mktemp("plain")
-    write_run_outputs(run_dir, history=HISTORY, summary=SUMMARY, classes=CLASSES,
-                      confusion=CONFUSION, pathways=PATHWAYS)
-    written = write_run_outputs(run_dir, history=make_history(3, pathways=False), summary=SUMMARY,
-                                classes=CLASSES, confusion=None, pathways=None)
+    write_run_outputs(
+        run_dir, history=HISTORY, summary=SUMMARY, classes=CLASSES, confusion=CONFUSION, pathways=PATHWAYS
+    )
+    written = write_run_outputs(
+        run_dir,
+        history=make_history(3, pathways=False),
+        summary=SUMMARY,
+        classes=CLASSES,
+        confusion=None,
+        pathways=None,
+    )
     return run_dir, written
 
 
@@ -97,8 +111,7 @@ def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
     accumulator.Reload()
     return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
     }
 
 
@@ -120,8 +133,7 @@ def test_history_csv_round_trips(full_run):
 
 def test_columns_start_with_epoch_then_first_seen_order(tmp_path):
     history = [{"train_loss": 1.0, "epoch": 1}, {"epoch": 2, "train_loss": 0.5, "lr": 0.01}]
-    write_run_outputs(tmp_path, history=history, summary={}, classes=CLASSES,
-                      confusion=None, pathways=None)
+    write_run_outputs(tmp_path, history=history, summary={}, classes=CLASSES, confusion=None, pathways=None)
     table = read_history(tmp_path)
     assert list(table.columns) == ["epoch", "train_loss", "lr"]
     assert math.isnan(table.loc[0, "lr"]) and table.loc[1, "lr"] == 0.01
@@ -183,9 +195,17 @@ def test_tensorboard_has_grouped_scalars_at_epoch_steps(full_run):
     run_dir, _ = full_run
     scalars = event_scalars(run_dir)
     assert set(scalars) == {
-        "loss/train", "loss/val", "accuracy/train", "accuracy/val", "accuracy/val_top5",
-        "accuracy/val_mean_class", "accuracy/val_rgb_only", "accuracy/val_depth_only", "lr",
-        "perf/epoch_time_s", "perf/images_per_s",
+        "loss/train",
+        "loss/val",
+        "accuracy/train",
+        "accuracy/val",
+        "accuracy/val_top5",
+        "accuracy/val_mean_class",
+        "accuracy/val_rgb_only",
+        "accuracy/val_depth_only",
+        "lr",
+        "perf/epoch_time_s",
+        "perf/images_per_s",
     }
     assert [step for step, _ in scalars["loss/train"]] == [1, 2, 3, 4]
     assert [value for _, value in scalars["loss/train"]] == pytest.approx([2.0, 1.0, 2 / 3, 0.5])
@@ -216,14 +236,16 @@ def test_optional_outputs_left_out_and_stale_ones_removed(plain_run):
 
 def test_confusion_of_wrong_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="shape"):
-        write_run_outputs(tmp_path, history=HISTORY[:1], summary={}, classes=CLASSES,
-                          confusion=[[1, 2], [3, 4]], pathways=None)
+        write_run_outputs(
+            tmp_path, history=HISTORY[:1], summary={}, classes=CLASSES, confusion=[[1, 2], [3, 4]], pathways=None
+        )
 
 
 def test_history_rows_need_an_epoch(tmp_path):
     with pytest.raises(ValueError, match="epoch"):
-        write_run_outputs(tmp_path, history=[{"train_loss": 1.0}], summary={}, classes=CLASSES,
-                          confusion=None, pathways=None)
+        write_run_outputs(
+            tmp_path, history=[{"train_loss": 1.0}], summary={}, classes=CLASSES, confusion=None, pathways=None
+        )
 
 
 def test_read_history_names_the_missing_file(tmp_path):
@@ -232,16 +254,14 @@ def test_read_history_names_the_missing_file(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    write_run_outputs(tmp_path, history=HISTORY, summary=SUMMARY, classes=CLASSES,
-                      confusion=None, pathways=None)
+    write_run_outputs(tmp_path, history=HISTORY, summary=SUMMARY, classes=CLASSES, confusion=None, pathways=None)
     before = (tmp_path / "history.csv").read_bytes()
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("raymc.outputs.os.fsync", disk_full)
+    monkeypatch.setattr("raymc.storage.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
-        write_run_outputs(tmp_path, history=HISTORY[:2], summary={}, classes=CLASSES,
-                          confusion=None, pathways=None)
+        write_run_outputs(tmp_path, history=HISTORY[:2], summary={}, classes=CLASSES, confusion=None, pathways=None)
     assert (tmp_path / "history.csv").read_bytes() == before
     assert not list(tmp_path.glob(".*"))

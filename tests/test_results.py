@@ -34,7 +34,14 @@ def experiment(path) -> Results:
             "timestamp": [1, 2, 3, 4, 5],
         }
     )
-    best = {"metric": "val_acc", "mode": "max", "trial_id": "c", "value": 0.7, "epoch": 2, "config": {"lr": 0.1, "fusion": "gated"}}
+    best = {
+        "metric": "val_acc",
+        "mode": "max",
+        "trial_id": "c",
+        "value": 0.7,
+        "epoch": 2,
+        "config": {"lr": 0.1, "fusion": "gated"},
+    }
     return Results(path=str(path), kind="experiment", trials=trials, epochs=epochs, best_config=best)
 
 
@@ -58,11 +65,20 @@ def test_top_sorts_by_the_best_metric_in_the_searched_direction(tmp_path):
 
 
 def test_a_run_folder_reads_as_one_trial_with_its_history(tmp_path, capsys):
-    history = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.5 / e, "val_acc": 0.2 * e, "lr": 0.1} for e in (1, 2, 3)]
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.5 / e, "val_acc": 0.2 * e, "lr": 0.1} for e in (1, 2, 3)
+    ]
     summary = {
-        "model": "mc_resnet18", "dataset": "nyu", "monitor": "val_acc", "epochs_run": 3, "epochs": 3,
-        "stopped_early": False, "best_epoch": 3, "best_val_acc": 0.6, "final_metrics": history[-1],
-    }  # fmt: skip
+        "model": "mc_resnet18",
+        "dataset": "nyu",
+        "monitor": "val_acc",
+        "epochs_run": 3,
+        "epochs": 3,
+        "stopped_early": False,
+        "best_epoch": 3,
+        "best_val_acc": 0.6,
+        "final_metrics": history[-1],
+    }
     run_dir = tmp_path / "run"
     write_run_outputs(run_dir, history=history, summary=summary, classes=["a", "b"], confusion=None, pathways=None)
     (run_dir / "config.json").write_text(json.dumps({"config": {"lr": 0.1}}))
