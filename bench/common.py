@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import raymc  # noqa: F401  (binds a local Ray to 127.0.0.1; must come before `import ray`)
-
 import psutil
 import ray
 import torch
 
+import raymc  # noqa: F401  (binds a local Ray to 127.0.0.1; must come before `import ray`)
 from raymc.batches import training_batches
 
 MIB = 2**20
@@ -365,8 +364,16 @@ class Row:
     @classmethod
     def throughput(cls, bench: str, arm: str, result: ArmResult, note: str = "", *, workers: str) -> Row:
         """A throughput row (samples/s) with its CPU cost and memory."""
-        return cls(bench, arm, "samples/s", result.per_second, result.memory, note, workers=workers,
-                   cpu=result.cpu_ms_per_sample)  # fmt: skip
+        return cls(
+            bench,
+            arm,
+            "samples/s",
+            result.per_second,
+            result.memory,
+            note,
+            workers=workers,
+            cpu=result.cpu_ms_per_sample,
+        )
 
 
 def _fmt(value: float) -> str:
@@ -406,8 +413,11 @@ def ratio_line(ratios: dict[str, float]) -> str:
     return "ratios: " + " ".join(f"{name}={value:.2f}" for name, value in ratios.items())
 
 
-def main(run: Callable[[argparse.Namespace], tuple[list[Row], dict[str, float]]],
-         parse_args: Callable[[list[str] | None], argparse.Namespace], argv: list[str] | None = None) -> int:
+def main(
+    run: Callable[[argparse.Namespace], tuple[list[Row], dict[str, float]]],
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    argv: list[str] | None = None,
+) -> int:
     """What each benchmark script does on its own: run it, print its table and its ratios last."""
     args = parse_args(argv)
     print(f"load average {load_average()}", flush=True)

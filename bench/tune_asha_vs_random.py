@@ -22,7 +22,8 @@ import time
 import pandas as pd
 
 from raymc.results import Results
-from raymc.tune import SearchSettings, experiment_config, load_space, run_search
+from raymc.tune import SearchSettings, load_space, run_search
+from raymc.tune.cli import experiment_config
 
 METRIC = "val_acc"
 SEARCHES = {"asha+tpe": {"sampler": "tpe", "scheduler": "asha"}, "random": {"sampler": "random", "scheduler": "fifo"}}
@@ -71,11 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             found = {kind: run(kind, seed, args, out) for kind in SEARCHES}
             target = args.target or 0.9 * min(r.trials[f"best_{METRIC}"].max() for r, _ in found.values())
             for kind, (results, wall) in found.items():
-                rows.append({
-                    "seed": seed, "search": kind, "target": target, "epochs_to_target": epochs_to_target(results, target),
-                    "total_epochs": int(results.trials["epochs_run"].sum()), f"best_{METRIC}": results.trials[f"best_{METRIC}"].max(),
-                    "pruned": int((results.trials["status"] == "pruned").sum()), "wall_s": round(wall),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "seed": seed,
+                        "search": kind,
+                        "target": target,
+                        "epochs_to_target": epochs_to_target(results, target),
+                        "total_epochs": int(results.trials["epochs_run"].sum()),
+                        f"best_{METRIC}": results.trials[f"best_{METRIC}"].max(),
+                        "pruned": int((results.trials["status"] == "pruned").sum()),
+                        "wall_s": round(wall),
+                    }
+                )
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     totals = table.groupby("search")[["epochs_to_target", "total_epochs", "wall_s"]].sum()

@@ -25,9 +25,7 @@ def pathway_logits(model: nn.Module, inputs: Sequence[Tensor]) -> dict[str, Tens
     modes itself, so it raises if the model is training rather than silently update BN statistics.
     """
     if model.training:
-        raise ValueError(
-            "pathway_logits needs the model in eval mode; call model.eval() or use analyze_pathways"
-        )
+        raise ValueError("pathway_logits needs the model in eval mode; call model.eval() or use analyze_pathways")
     net = model.module if isinstance(model, DistributedDataParallel) else model
     if getattr(net, "num_streams", 1) != 2:
         return {"full": model(*inputs)}
@@ -40,9 +38,7 @@ def pathway_logits(model: nn.Module, inputs: Sequence[Tensor]) -> dict[str, Tens
     }
 
 
-def analyze_pathways(
-    model: nn.Module, batches: Iterable[tuple[Sequence[Tensor], Tensor]]
-) -> dict[str, float]:
+def analyze_pathways(model: nn.Module, batches: Iterable[tuple[Sequence[Tensor], Tensor]]) -> dict[str, float]:
     """Top-1 accuracy per pathway over `batches` of (inputs, targets).
 
     Runs in eval mode under no_grad and then restores every submodule's previous mode.

@@ -49,9 +49,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.base_lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> LRScheduler:
     """Linear warmup from ~0 to each group's rate, then cosine decay to --min-lr, stepped per iteration."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(total - 1, math.ceil(config.warmup_epochs * steps_per_epoch))

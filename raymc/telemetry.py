@@ -16,7 +16,9 @@ class TrainingTelemetry:
 
     def __init__(self, *, run: str, rank: int) -> None:
         tags = {"run": run, "rank": str(rank)}
-        self._images_per_s = self._gauge("raymc_train_images_per_second", "training images per second on this worker", tags)
+        self._images_per_s = self._gauge(
+            "raymc_train_images_per_second", "training images per second on this worker", tags
+        )
         self._loss = self._gauge("raymc_train_loss", "training loss of the latest step", tags)
         self._lr = self._gauge("raymc_train_learning_rate", "learning rate of the latest step", tags)
         self._epoch = self._gauge("raymc_train_epoch", "epoch in progress", tags)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import raymc  # noqa: F401  (sets the 127.0.0.1 binding before ray is imported)
-
 import pytest
 import ray
+
+import raymc  # noqa: F401  (sets the 127.0.0.1 binding before ray is imported)
 
 # Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s after
 # its last epoch; tests run many tiny runs. Set before Ray starts, so its processes inherit it.
@@ -22,9 +22,12 @@ def ray_session():
     its process ends)."""
     if not ray.is_initialized():
         ray.init(
-            address="local", num_cpus=2, include_dashboard=True, dashboard_port=0,
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_port=0,
             _system_config={"metrics_report_interval_ms": 1000},
-        )  # fmt: skip
+        )
     try:
         yield ray
     finally:

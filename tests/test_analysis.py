@@ -85,9 +85,7 @@ def test_analysis_returns_accuracy_per_pathway(model):
     # Targets are the full model's predictions, so "full" is always right.
     targets = [out["full"].argmax(1) for out in logits]
     expected = {
-        name: torch.cat([out[name].argmax(1) == t for out, t in zip(logits, targets, strict=True)])
-        .float()
-        .mean()
+        name: torch.cat([out[name].argmax(1) == t for out, t in zip(logits, targets, strict=True)]).float().mean()
         for name in ("full", "rgb_only", "depth_only")
     }
     model.train()

@@ -6,7 +6,7 @@ import pytest
 
 from raymc.config import TrainConfig
 from raymc.errors import ConfigError
-from raymc.train import worker_resources
+from raymc.resources import worker_resources
 
 
 def test_cpu_cluster_defaults_leave_half_the_cpus_to_ray_data(ray_session):

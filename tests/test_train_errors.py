@@ -6,7 +6,7 @@ import ray
 from ray.train import ControllerError, WorkerGroupError
 
 from raymc.data.imagenet import BadImageError
-from raymc.train import raymc_cause
+from raymc.ray_compat import raymc_cause
 
 # The text a worker failure holds when a Ray Data task raised BadImageError (abridged from a real run).
 DATA_TASK_FAILURE = """ray::SplitCoordinator.get() (pid=5070, ip=127.0.0.1)

@@ -16,20 +16,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raymc.config import TrainConfig, build_config
 from raymc.errors import ConfigError
-from raymc.tune import (
-    SPACE_DIR,
-    PruningASHAScheduler,
-    PruningOptunaSearch,
-    check_space,
-    experiment_config,
-    get_args_parser,
-    load_space,
-    main,
-    plan_trials,
-    sample_params,
-)
+from raymc.resources import plan_trials
+from raymc.tune.cli import experiment_config, get_args_parser, main
+from raymc.tune.search import PruningASHAScheduler, PruningOptunaSearch
+from raymc.tune.space import check_space, load_space, sample_params, shipped_space_dir, space_names
 
-SPACE_FILES = sorted(SPACE_DIR.glob("*.py"))
+SPACE_FILES = [shipped_space_dir() / f"{name}.py" for name in space_names(shipped_space_dir())]
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -54,7 +46,7 @@ def test_every_space_file_loads_and_its_draws_make_valid_trial_configs(path):
 def test_sdresnet_imagenet_space_searches_the_issue_ranges():
     if "pL" not in FIELDS:
         pytest.skip("TrainConfig has no pL field yet (it comes with the ImageNet issue)")
-    space = load_space(str(SPACE_DIR / "sdresnet_imagenet.py"))
+    space = load_space(str(shipped_space_dir() / "sdresnet_imagenet.py"))
     dists = space.optuna_space()
     assert set(dists) == {"lr", "pL", "mixup", "label_smoothing", "weight_decay"}
     assert dists["lr"].log and dists["weight_decay"].log
@@ -64,7 +56,7 @@ def test_sdresnet_imagenet_space_searches_the_issue_ranges():
 
 
 def test_mcresnet_nyu_space_is_define_by_run_with_a_conditional_parameter():
-    space = load_space(str(SPACE_DIR / "mcresnet_nyu.py"))
+    space = load_space(str(shipped_space_dir() / "mcresnet_nyu.py"))
     assert space.define_by_run is not None
     draws = sample_params(space, 40)
     names = set().union(*draws)
@@ -79,24 +71,33 @@ def test_a_space_is_found_by_name_in_tune_spaces():
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("from ray import tune\nSPACE = {'learning_rate': tune.loguniform(1e-3, 1e-1)}", "unknown parameter 'learning_rate'"),
+        (
+            "from ray import tune\nSPACE = {'learning_rate': tune.loguniform(1e-3, 1e-1)}",
+            "unknown parameter 'learning_rate'",
+        ),
         ("from ray import tune\nSPACE = {'lr': tune.uniform(0.1, 0.01)}", "parameter 'lr' has an empty range"),
         ("from ray import tune\nSPACE = {'mixup': tune.uniform(0.2, 0.2)}", "parameter 'mixup' has an empty range"),
         ("from ray import tune\nSPACE = {'fusion': tune.choice([])}", "parameter 'fusion' has no choices"),
         ("SPACE = {'lr': {'grid_search': [0.1, 0.2]}}", "parameter 'lr' uses grid_search"),
-        ("from ray import tune\nSPACE = {'epochs': tune.randint(1, 5)}", "parameter 'epochs' is set for the whole experiment"),
+        (
+            "from ray import tune\nSPACE = {'epochs': tune.randint(1, 5)}",
+            "parameter 'epochs' is set for the whole experiment",
+        ),
         ("def space(trial):\n    trial.suggest_float('lr', 0.1, 0.01, log=True)", "parameter 'lr' has an empty range"),
         ("def space(trial):\n    trial.suggest_float('lr', 0.0, 0.1, log=True)", "parameter 'lr' is log-scaled"),
         ("def space(trial):\n    trial.suggest_float('lrr', 0.01, 0.1)", "unknown parameter 'lrr'"),
         ("def space(trial):\n    trial.suggest_categorical('fusion', [])", "parameter 'fusion' has no choices"),
         ("def space(trial):\n    return {'bogus': 1}", "unknown parameter 'bogus'"),
         ("def space(trial):\n    raise KeyError('oops')", "space(trial) raised KeyError"),
-        ("FIXED = {'imagesize': 32}\ndef space(trial):\n    trial.suggest_float('lr', 0.01, 0.1)", "unknown setting 'imagesize'"),
+        (
+            "FIXED = {'imagesize': 32}\ndef space(trial):\n    trial.suggest_float('lr', 0.01, 0.1)",
+            "unknown setting 'imagesize'",
+        ),
         ("x = 1", "define either SPACE"),
         ("SPACE = {}\ndef space(trial):\n    pass", "not both"),
         ("from ray import tune\nSPACE = {'lr': tune.loguniform(0, 1)}", "(line 2): could not be loaded"),
     ],
-)  # fmt: skip
+)
 def test_bad_spaces_fail_naming_the_parameter_and_the_file(tmp_path, body, message):
     path = write_space(tmp_path, body)
     with pytest.raises(ConfigError) as caught:
@@ -121,11 +122,27 @@ def test_cli_refuses_a_bad_space_with_exit_code_2_before_starting_ray(tmp_path, 
 
 def test_cli_takes_both_spellings_and_every_training_flag_once():
     parser = get_args_parser()
-    dashed = vars(parser.parse_args(["--num-samples", "3", "--workers-per-trial", "2", "--grace-period", "2", "--label-smoothing", "0.05"]))
-    underscored = vars(parser.parse_args(["--num_samples", "3", "--workers_per_trial", "2", "--grace_period", "2", "--label_smoothing", "0.05"]))
+    dashed = vars(
+        parser.parse_args(
+            ["--num-samples", "3", "--workers-per-trial", "2", "--grace-period", "2", "--label-smoothing", "0.05"]
+        )
+    )
+    underscored = vars(
+        parser.parse_args(
+            ["--num_samples", "3", "--workers_per_trial", "2", "--grace_period", "2", "--label_smoothing", "0.05"]
+        )
+    )
     assert dashed == underscored
     assert dashed["num_samples"] == 3 and dashed["num_workers"] == 2 and dashed["label_smoothing"] == 0.05
-    for flag in ("--epochs", "--out", "--name", "--gpus-per-worker", "--max-concurrent-trials", "--reduction-factor", "--resume"):
+    for flag in (
+        "--epochs",
+        "--out",
+        "--name",
+        "--gpus-per-worker",
+        "--max-concurrent-trials",
+        "--reduction-factor",
+        "--resume",
+    ):
         assert flag in parser.format_help()
 
 
@@ -178,7 +195,13 @@ def make_pair(max_t: int = 4):
         {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, metric="val_acc", mode="max", seed=0
     )
     scheduler = PruningASHAScheduler(
-        searcher=searcher, time_attr="epoch", metric="val_acc", mode="max", max_t=max_t, grace_period=1, reduction_factor=2
+        searcher=searcher,
+        time_attr="epoch",
+        metric="val_acc",
+        mode="max",
+        max_t=max_t,
+        grace_period=1,
+        reduction_factor=2,
     )
     return searcher, scheduler
 
@@ -186,10 +209,11 @@ def make_pair(max_t: int = 4):
 def test_trials_asha_stops_are_pruned_in_the_study_and_finished_ones_complete():
     searcher, scheduler = make_pair()
     simulate(
-        searcher, scheduler,
+        searcher,
+        scheduler,
         {"good": [0.5, 0.6, 0.7, 0.8], "bad": [0.1, 0.2, 0.3, 0.4], "better": [0.6, 0.7, 0.8, 0.9]},
         max_t=4,
-    )  # fmt: skip
+    )
     assert searcher.trial_states() == {"good": "COMPLETE", "bad": "PRUNED", "better": "COMPLETE"}
     trials = {t.number: t for t in searcher.study.get_trials()}
     bad = trials[searcher._ot_trials["bad"].number]
@@ -200,7 +224,9 @@ def test_trials_asha_stops_are_pruned_in_the_study_and_finished_ones_complete():
 
 def test_ray_optuna_search_alone_would_report_the_stopped_trial_as_complete():
     """The bias this module fixes: Ray's OptunaSearch tells a stopped trial COMPLETE."""
-    plain = OptunaSearch({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, metric="val_acc", mode="max", seed=0)
+    plain = OptunaSearch(
+        {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, metric="val_acc", mode="max", seed=0
+    )
     plain.suggest("bad")
     plain.on_trial_complete("bad", result={"epoch": 1, "training_iteration": 1, "val_acc": 0.1})
     assert plain._ot_study.get_trials()[0].state == TrialState.COMPLETE
@@ -215,9 +241,11 @@ def test_a_trial_reaching_max_t_is_not_killed_by_asha():
 
 
 def test_searcher_state_round_trips_without_the_space(tmp_path):
-    space = load_space(str(SPACE_DIR / "mcresnet_nyu.py"))
+    space = load_space(str(shipped_space_dir() / "mcresnet_nyu.py"))
     searcher = PruningOptunaSearch(space.optuna_space(), metric="val_acc", mode="max", seed=0)
-    scheduler = PruningASHAScheduler(searcher=searcher, time_attr="epoch", metric="val_acc", mode="max", max_t=2, grace_period=1)
+    scheduler = PruningASHAScheduler(
+        searcher=searcher, time_attr="epoch", metric="val_acc", mode="max", max_t=2, grace_period=1
+    )
     simulate(searcher, scheduler, {"a": [0.5, 0.6], "b": [0.1, 0.2]}, max_t=2)
     searcher.save(str(tmp_path / "state.pkl"))  # a define-by-run function from a file: not picklable by reference
     restored = PruningOptunaSearch()

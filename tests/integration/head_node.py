@@ -220,16 +220,33 @@ def start_head_node(
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     names = (
-        "port", "dashboard-port", "ray-client-server-port", "metrics-export-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-    )  # fmt: skip
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     command = [
-        "ray", "start", "--head", "--block", f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}",
-        f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir / 'ray'}",
-        "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats", "--include-dashboard=true",
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--temp-dir={temp_dir / 'ray'}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        "--disable-usage-stats",
+        "--include-dashboard=true",
         *(f"--{name}={port}" for name, port in ports.items()),
-    ]  # fmt: skip
+    ]
     log = temp_dir / "ray-start.log"
     # RAY_ADDRESS pins every process of the node (drivers, Train's state-API helpers) to this
     # cluster; otherwise Ray's auto-detection may find other local clusters' GCS processes.
@@ -237,13 +254,20 @@ def start_head_node(
     node_env.update(env or {})
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            command, env=node_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            env=node_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
     head = HeadNode(
-        pgid=process.pid, gcs_port=ports["port"], dashboard_port=ports["dashboard-port"], temp_dir=temp_dir,
+        pgid=process.pid,
+        gcs_port=ports["port"],
+        dashboard_port=ports["dashboard-port"],
+        temp_dir=temp_dir,
         token_path=token_path,
-    )  # fmt: skip
+    )
     try:
         _wait_until_ready(head, process, log, ready_timeout)
         yield head

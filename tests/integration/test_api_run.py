@@ -60,7 +60,11 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(run, best)
 
 
 def test_fitting_a_run_that_stopped_early_again_returns_it_without_training(run, tiny_nyu):
-    again = raymc.fit({"data": tiny_nyu, "out": str(Path(run.run_dir).parent), **TINY, **EARLY_STOPPING}, name="api", label_smoothing=0.1)
+    again = raymc.fit(
+        {"data": tiny_nyu, "out": str(Path(run.run_dir).parent), **TINY, **EARLY_STOPPING},
+        name="api",
+        label_smoothing=0.1,
+    )
     pd.testing.assert_frame_equal(again.history, run.history)
     assert again.summary == run.summary
 
@@ -103,6 +107,9 @@ def test_a_checkpoint_of_the_wrong_model_is_refused_before_any_work(tiny_nyu, tm
     from raymc.trained import CheckpointError
 
     sd = build_model("sd_resnet50", num_classes=len(best["classes"]))
-    torch.save({**best, "state_dict": sd.state_dict(), "model": "sd_resnet50", "model_kwargs": {"num_classes": 10}}, tmp_path / "sd.pt")
+    torch.save(
+        {**best, "state_dict": sd.state_dict(), "model": "sd_resnet50", "model_kwargs": {"num_classes": 10}},
+        tmp_path / "sd.pt",
+    )
     with pytest.raises(CheckpointError, match="sd.pt holds sd_resnet50.*rgb \\+ depth"):
         raymc.predict(tmp_path / "sd.pt", tiny_nyu)

@@ -136,7 +136,10 @@ def test_no_ray_port_is_open_to_the_internet(cluster):
     assert _rules_opening_ray_ports_to_the_internet(config) == []
     # The check finds such a rule wherever it is written:
     opened = copy.deepcopy(config)
-    opened["provider"]["security_group"] = {"GroupName": "raymc", "IpPermissions": [
-        {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 9000, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-    ]}  # fmt: skip
+    opened["provider"]["security_group"] = {
+        "GroupName": "raymc",
+        "IpPermissions": [
+            {"IpProtocol": "tcp", "FromPort": 8000, "ToPort": 9000, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+        ],
+    }
     assert len(_rules_opening_ray_ports_to_the_internet(opened)) == 1

@@ -77,9 +77,12 @@ def node_losses(tmp_path_factory) -> tuple[list[int], str]:
     of its history and its log."""
     script = Path(__file__).with_name("node_loss_run.py")
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path_factory.mktemp("node_loss"))], capture_output=True, text=True,
-        timeout=600, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )  # fmt: skip
+        [sys.executable, str(script), str(tmp_path_factory.mktemp("node_loss"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.split("EPOCHS", 1)[1].strip().splitlines()[0]), done.stdout + done.stderr
 

@@ -54,15 +54,21 @@ class TrainJob:
     sockets_seen: set[tuple[str, int, str]]  # (address, port, command) of the node's listening sockets
 
 
-def submit(head: HeadNode, *command: str, log: Path, while_running=lambda: None, submission_id: str | None = None) -> Job:
+def submit(
+    head: HeadNode, *command: str, log: Path, while_running=lambda: None, submission_id: str | None = None
+) -> Job:
     """`ray job submit --working-dir . -- command` from the repo root; the CLI waits for the job's
     end and streams its logs. while_running() is called about once a second meanwhile."""
     named = ["--submission-id", submission_id] if submission_id else []
     with open(log, "w") as out:
         process = subprocess.Popen(
             ["ray", "job", "submit", "--address", head.dashboard_url, *named, "--working-dir", ".", "--", *command],
-            cwd=REPO, env=head.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            cwd=REPO,
+            env=head.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + JOB_TIMEOUT_S
         try:
             while process.poll() is None and time.monotonic() < deadline:
@@ -88,16 +94,39 @@ def train_job(head, tmp_path_factory) -> TrainJob:
     root = tmp_path_factory.mktemp("job")
     mat = write_demo_nyu(root / "nyu_tiny.mat", n=64, seed=1, height=48, width=64)
     prepare = submit(
-        head, "python", "-m", "raymc.prepare", "nyu", "--mat", str(mat), "--out", str(root / "prepared"),
+        head,
+        "python",
+        "-m",
+        "raymc.prepare",
+        "nyu",
+        "--mat",
+        str(mat),
+        "--out",
+        str(root / "prepared"),
         log=root / "prepare.log",
-    )  # fmt: skip
+    )
     assert prepare.returncode == 0, prepare.output[-5000:]
 
     run_dir = root / "runs" / "job-test"
     command = [
-        "python", "-m", "raymc.train", "--data", str(root / "prepared"), "--out", str(root / "runs"),
-        "--name", "job-test", "--epochs", str(EPOCHS), "--image-size", "32", "--batch", "16", "--num-workers", "2",
-    ]  # fmt: skip
+        "python",
+        "-m",
+        "raymc.train",
+        "--data",
+        str(root / "prepared"),
+        "--out",
+        str(root / "runs"),
+        "--name",
+        "job-test",
+        "--epochs",
+        str(EPOCHS),
+        "--image-size",
+        "32",
+        "--batch",
+        "16",
+        "--num-workers",
+        "2",
+    ]
     sockets: set[tuple[str, int, str]] = set()
     at_stop: list[dict] = []
 
@@ -180,7 +209,11 @@ def test_job_api_refuses_requests_without_the_token(head, train_job):
     assert head.http("/api/jobs/", method="POST")[0] == 401  # a job submission without a token
     status, body = head.http("/api/jobs/", token=head.token)
     assert status == 200
-    assert sorted(job["entrypoint"].split()[2] for job in json.loads(body)) == ["raymc.prepare", "raymc.train", "raymc.train"]
+    assert sorted(job["entrypoint"].split()[2] for job in json.loads(body)) == [
+        "raymc.prepare",
+        "raymc.train",
+        "raymc.train",
+    ]
 
 
 def _is_loopback(address: str) -> bool:

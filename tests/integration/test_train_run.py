@@ -55,19 +55,36 @@ def test_run_folder_holds_everything_a_user_reads(finished_run):
     config, result, _ = finished_run
     run_dir = Path(result.run_dir)
     for name in (
-        "history.csv", "history.json", "summary.json", "best_model.pt", "pathways.json",
-        "plots/training_curves.png", "plots/confusion_matrix.png", "plots/pathways.png",
-        "training_history.csv", "training_summary.csv", "config.json",
-    ):  # fmt: skip
+        "history.csv",
+        "history.json",
+        "summary.json",
+        "best_model.pt",
+        "pathways.json",
+        "plots/training_curves.png",
+        "plots/confusion_matrix.png",
+        "plots/pathways.png",
+        "training_history.csv",
+        "training_summary.csv",
+        "config.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     history = pd.read_csv(f"{run_dir}/history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     for column in (
-        "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "val_mean_class_acc", "lr",
-        "epoch_time_s", "images_per_s", "val_acc_rgb_only", "val_acc_depth_only",
-    ):  # fmt: skip
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_acc5",
+        "val_mean_class_acc",
+        "lr",
+        "epoch_time_s",
+        "images_per_s",
+        "val_acc_rgb_only",
+        "val_acc_depth_only",
+    ):
         assert history[column].notna().all(), column
     assert history["lr"].is_monotonic_decreasing  # cosine after a half-epoch warmup
 

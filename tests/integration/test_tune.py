@@ -16,7 +16,8 @@ import pytest
 
 from raymc.results import load
 from raymc.results import main as results_main
-from raymc.tune import load_searcher, main
+from raymc.tune.cli import main
+from raymc.tune.search import load_searcher
 from tests.integration.registered import registered_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]  # one experiment: 4 trials, killed, resumed
@@ -28,7 +29,18 @@ SPACE = {"lr": tune.loguniform(1e-3, 3.0), "fusion": tune.choice(["concat", "gat
 """
 NUM_SAMPLES = 4  # with seed 0, the third is stopped by ASHA and the fourth runs after it
 EPOCHS = 2
-TINY = ["--image-size", "32", "--batch", "16", "--epochs", str(EPOCHS), "--warmup-epochs", "0.5", "--label-smoothing", "0"]
+TINY = [
+    "--image-size",
+    "32",
+    "--batch",
+    "16",
+    "--epochs",
+    str(EPOCHS),
+    "--warmup-epochs",
+    "0.5",
+    "--label-smoothing",
+    "0",
+]
 
 
 def trial_statuses(experiment: Path) -> dict[str, str]:
@@ -57,18 +69,36 @@ def experiment(tiny_nyu, tmp_path_factory, ray_session):
     space = out / "tiny_space.py"
     space.write_text(SPACE)
     argv = [
-        "--space", str(space), "--data", tiny_nyu, "--out", str(out), "--name", "exp", "--seed", "0",
-        "--num-samples", str(NUM_SAMPLES), "--metric", "val_loss", "--max-concurrent-trials", "1", *TINY,
-    ]  # fmt: skip
+        "--space",
+        str(space),
+        "--data",
+        tiny_nyu,
+        "--out",
+        str(out),
+        "--name",
+        "exp",
+        "--seed",
+        "0",
+        "--num-samples",
+        str(NUM_SAMPLES),
+        "--metric",
+        "val_loss",
+        "--max-concurrent-trials",
+        "1",
+        *TINY,
+    ]
     env = {
         **os.environ,
         "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
         "TUNE_GLOBAL_CHECKPOINT_S": "1",  # save the experiment state every second, so the kill finds it current
     }
     driver = subprocess.Popen(
-        [sys.executable, "-m", "raymc.tune", *argv], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "raymc.tune", *argv],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     path = out / "exp"
     try:
         deadline = time.monotonic() + 600
@@ -119,12 +149,31 @@ def test_experiment_folder_holds_tables_best_config_and_plots(experiment):
         assert (path / name).is_file(), name
     results = load(path)
     for column in (
-        "trial_id", "status", "epochs_run", "best_val_loss", "best_epoch", "final_val_loss", "config/lr",
-        "config/fusion", "run_dir", "best_model", "val_acc", "time_total_s",
-    ):  # fmt: skip
+        "trial_id",
+        "status",
+        "epochs_run",
+        "best_val_loss",
+        "best_epoch",
+        "final_val_loss",
+        "config/lr",
+        "config/fusion",
+        "run_dir",
+        "best_model",
+        "val_acc",
+        "time_total_s",
+    ):
         assert column in results.trials, column
     assert pd.read_csv(path / "results.csv")["trial_id"].tolist() == results.trials["trial_id"].tolist()
-    for column in ("trial_id", "epoch", "train_loss", "val_loss", "val_acc", "val_mean_class_acc", "lr", "time_total_s"):
+    for column in (
+        "trial_id",
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_mean_class_acc",
+        "lr",
+        "time_total_s",
+    ):
         assert column in results.epochs, column
     assert results.trials["epochs_run"].sum() == len(results.epochs)  # every epoch of every trial, once
 
@@ -136,7 +185,10 @@ def test_experiment_folder_holds_tables_best_config_and_plots(experiment):
     for run_dir in results.trials["run_dir"]:  # stopped trials are published too
         for name in ("history.csv", "summary.json", "best_model.pt"):
             assert (Path(run_dir) / name).is_file(), f"{run_dir}/{name}"
-    assert sorted(p.name for p in (path / "plots").iterdir()) == ["val_loss_by_epoch.png", "val_loss_vs_hyperparameters.png"]
+    assert sorted(p.name for p in (path / "plots").iterdir()) == [
+        "val_loss_by_epoch.png",
+        "val_loss_vs_hyperparameters.png",
+    ]
 
 
 def test_results_cli_prints_the_best_trials_and_reads_run_folders_too(experiment, capsys):
