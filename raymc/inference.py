@@ -26,6 +26,7 @@ from raymc.data.pipeline import TRAIN_SPLIT, DataSpec, data_spec, dataset_info, 
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, DataError
 from raymc.metrics import TOP_K, batch_counts, mean_class_accuracy, per_class_accuracy
+from raymc.models import family_for_streams
 from raymc.precision import Precision
 from raymc.trained import CheckpointError, ModelInfo, model_from_payload
 
@@ -73,7 +74,7 @@ def check_fits(info: ModelInfo, spec: DataSpec, name: str) -> None:
         raise CheckpointError(
             f"{where} holds {info.name}, which takes {' + '.join(info.input_streams)} input, but {name} "
             f"provides {' + '.join(columns)}; use a checkpoint trained on this kind of data "
-            f"({'an mc_resnet' if len(columns) == 2 else 'an sd_resnet'} model) or the data it was trained on"
+            f"(an {family_for_streams(len(columns)).name} model) or the data it was trained on"
         )
     if tuple(spec.classes) != info.classes:
         raise DataError(

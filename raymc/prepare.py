@@ -60,9 +60,14 @@ def _add_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="scale the shorter side down to this many pixels (default: full size)",
     )
+    _add_output_arguments(p)
+    p.set_defaults(func=_run_nyu)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """--out and --overwrite of a data set preparer."""
     p.add_argument(*flag_names("out"), required=True, help="output folder")
     p.add_argument(*flag_names("overwrite"), action="store_true", help="replace an existing --out")
-    p.set_defaults(func=_run_nyu)
 
 
 def _add_demo_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -101,8 +106,7 @@ def _add_imagenet_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"truncated, undecodable or non-image files: skip (listed in {BAD_IMAGES_FILE}) "
         "or fail (stop, naming the file)",
     )
-    p.add_argument(*flag_names("out"), required=True, help="output folder")
-    p.add_argument(*flag_names("overwrite"), action="store_true", help="replace an existing --out")
+    _add_output_arguments(p)
     p.set_defaults(func=_run_imagenet)
 
 

@@ -17,7 +17,7 @@ from raymc.data.imagenet import scan_image_folder
 from raymc.data.nyu_prepare import prepared_nyu_cache
 from raymc.data.pipeline import DataSource, read_dataset_info
 from raymc.errors import ConfigError, DataError
-from raymc.models import model_family
+from raymc.models import family_for_streams, model_family
 
 DEMO_NYU_SAMPLES = 480
 DEMO_NYU_SEED = 0
@@ -80,6 +80,6 @@ def resolve_data(config: TrainConfig) -> tuple[TrainConfig, DataSource]:
     if model_family(model).num_streams != streams_needed:
         raise ConfigError(
             f"--model {model} does not fit {source.kind} data ({streams_needed} input stream(s)); "
-            f"use {'an mc_resnet' if streams_needed == 2 else 'an sd_resnet'} model"
+            f"use an {family_for_streams(streams_needed).name} model"
         )
     return dataclasses.replace(config, dataset=source.kind, model=model), source

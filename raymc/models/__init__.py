@@ -32,6 +32,7 @@ __all__ = [
     "mc_resnet50",
     "mc_resnet101",
     "mc_resnet152",
+    "family_for_streams",
     "model_family",
     "model_kwargs",
     "sd_resnet50",
@@ -66,6 +67,12 @@ class ModelFamily:
 
 MC_RESNET = ModelFamily("mc_resnet", MCResNet, streams=("rgb", "depth"), settings=("fusion", "dropout"))
 SD_RESNET = ModelFamily("sd_resnet", SDResNet, streams=("rgb",), settings=("sd_mode",), optional_settings=("pL",))
+FAMILIES = (MC_RESNET, SD_RESNET)
+
+
+def family_for_streams(num_streams: int) -> ModelFamily:
+    """The family whose models take this many input streams, for "use an X model" advice."""
+    return next(family for family in FAMILIES if family.num_streams == num_streams)
 
 
 def _keyword_names(fn: Callable[..., Any], *, required: bool = False) -> frozenset[str]:
