@@ -11,19 +11,21 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import ray
-import ray.train
 from ray import tune
 from ray.data import DataContext
 from ray.train import DataConfig
-from ray.tune.schedulers import AsyncHyperBandScheduler
-from ray.tune.search.optuna import OptunaSearch
 from ray.util.placement_group import PlacementGroup
 
 from raymc.errors import RaymcError
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.train import TrainingFailedError
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def parquet_reader_v1() -> Iterator[None]:
 RAYMC_ERROR_LINE = re.compile(r"^raymc(?:\.\w+)+\.\w+: (.+)$", re.MULTILINE)
 
 
-def raymc_cause(error: ray.train.TrainingFailedError) -> str | None:
+def raymc_cause(error: TrainingFailedError) -> str | None:
     """The message of the RaymcError behind a failed Train run (e.g. a bad image under
     --on-bad-image fail, raised in a worker or in a Ray Data task feeding it), or None when
     the run failed for another reason (a killed worker, a lost node)."""

@@ -7,6 +7,8 @@ unneeded (Ray fixed the issue it names): mend or remove it in raymc/ray_compat.p
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import time
 
 import ray
@@ -90,3 +92,13 @@ def test_asha_internals_are_where_raymc_reads_them():
     assert rungs and all(isinstance(milestone, (int, float)) and isinstance(seen, dict) for milestone, seen in rungs)
     assert ray_compat.asha_metric_sign(scheduler) == -1
     assert ray_compat.asha_time_limit(scheduler) == ("epoch", 8)
+
+
+def test_the_modules_ray_data_workers_import_do_not_load_ray_tune():
+    """ray_compat imports Ray Tune; the modules every Ray Data and Train worker imports must not
+    (it cost each worker process 1.5 s of CPU and 190 MB, measured in bench/run.py)."""
+    modules = "raymc.data.pipeline, raymc.loop"
+    probe = f"import sys, {modules}; print([m for m in ('ray.tune', 'optuna') if m in sys.modules])"
+
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == "[]"
