@@ -119,7 +119,8 @@ class TrainConfig:
     )
     amp_dtype: str = setting(
         "auto",
-        "mixed-precision type: auto (bf16 if the GPU has it), bf16, or fp16 (with GradScaler)",
+        "mixed-precision type: auto (bf16 on GPUs with native bf16, compute capability 8.0+ such as A100 and "
+        "H100; fp16 with GradScaler on older ones such as V100 and T4), bf16, or fp16",
         group="optimisation",
         choices=("auto", "bf16", "fp16"),
     )

@@ -9,7 +9,6 @@ Everything an epoch changes lives in one `LoopState` that the functions below ta
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import sys
@@ -167,20 +166,17 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
 
 
 def restore(state: LoopState, resume_from: ray.train.Checkpoint) -> None:
-    """Continue from a checkpoint: weights, optimizer, schedule, scaler, early stopping, history, best
-    model, and the position (the epoch after the saved one, plus the steps it had done of that)."""
+    """Continue from a checkpoint: the training state (checkpoint.load_training_state), the history
+    and the best model."""
     with resume_from.as_directory() as folder:
         saved = checkpoint.load_state(folder)
         state.best = checkpoint.load_best_model(folder)
         state.history = checkpoint.load_history(folder)
-    state.core.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.scaler.load_state_dict(saved["scaler"])
-    state.stopper = EarlyStopping(**saved["early_stopping"])
-    state.epoch, state.first_step = saved["epoch"] + 1, saved["steps_done"]
+    notes = checkpoint.load_training_state(state, saved)
     if state.rank == 0:
         logger.info("resumed from the checkpoint of epoch %d (+%d steps)", saved["epoch"], state.first_step)
+        for note in notes:
+            logger.warning("resuming: %s", note)
 
 
 def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, steps_done: int = 0) -> None:
@@ -188,16 +184,8 @@ def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, s
     complete epochs plus `steps_done` steps of the next one)."""
     with tempfile.TemporaryDirectory() as folder:
         ckpt = None
+        saved = checkpoint.training_state(state, epoch=epoch, steps_done=steps_done)  # on every rank: it gathers
         if state.rank == 0:
-            saved = {
-                "model": state.core.state_dict(),
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "scaler": state.scaler.state_dict(),
-                "epoch": epoch,
-                "steps_done": steps_done,
-                "early_stopping": state.stopper.state_dict(),
-            }
             progress = {"epoch": epoch, "steps_done": steps_done, "stopped_early": state.stopper.should_stop}
             checkpoint.save(folder, state=saved, best_model=state.best, history=state.history, progress=progress)
             ckpt = ray.train.Checkpoint.from_directory(folder)
@@ -206,12 +194,19 @@ def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, s
 
 
 def save_before_preemption(state: LoopState, steps_done: int) -> None:
-    """Checkpoint the running epoch's first `steps_done` steps, reported with the last epoch's metrics."""
+    """Checkpoint the running epoch's first `steps_done` steps, reported with the last epoch's metrics.
+
+    In the first epoch nothing is measured yet, but the report still carries every metric an epoch
+    reports (NaN, which searchers and ASHA skip): Tune rejects a result without the searched metric.
+    """
     if state.rank == 0:
         logger.info("a node is about to be preempted: checkpointing after %d steps of the epoch", steps_done)
-    last = state.history[-1] if state.history else {"epoch": state.epoch - 1}
-    report = {**last, "best_epoch": state.stopper.best_epoch}
-    save_and_report(state, report, epoch=state.epoch - 1, steps_done=steps_done)
+    if state.history:
+        last = state.history[-1]
+    else:
+        last = {name: math.nan for name in epoch_metric_names(state)}
+        last.update(epoch=state.epoch - 1, lr=state.optimizer.param_groups[-1]["lr"])
+    save_and_report(state, {**last, **_best_so_far(state)}, epoch=state.epoch - 1, steps_done=steps_done)
 
 
 def begin_epoch(state: LoopState, epoch: int) -> StartedEpoch:
@@ -351,20 +346,14 @@ def core_pathways(model: nn.Module) -> list[str]:
     return ["full"]
 
 
-def best_model(state: LoopState, metrics: dict[str, float], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """best_model.pt's payload: this epoch's weights (on the CPU) with what rebuilding and reading them needs."""
-    config = state.config
-    return {
-        "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in state.core.state_dict().items()}),
-        "model": config.model,
-        "model_kwargs": model_kwargs(config, state.spec.num_classes),
-        "classes": list(state.spec.classes),
-        "num_params": sum(p.numel() for p in state.core.parameters()),
-        "config": config.to_dict(),
-        "epoch": state.epoch,
-        "metrics": metrics,
-        **evaluation,
-    }
+def epoch_metric_names(state: LoopState) -> list[str]:
+    """Every metric an epoch reports (train_one_epoch's, validate's, the loop's), known before the
+    first epoch ends: validate's keys follow count_keys as these do."""
+    pathway_names = [name for name in core_pathways(state.core) if name != "full"]
+    counted = count_keys(state.spec.num_classes, pathway_names)
+    val = ["val_loss", "val_acc", "val_mean_class_acc", *(["val_acc5"] if "top5" in counted else [])]
+    val += [f"val_acc_{name}" for name in pathway_names]
+    return ["epoch", "train_loss", "train_acc", "data_wait_s", *val, "lr", "epoch_time_s", "images_per_s"]
 
 
 def end_epoch(state: LoopState, metrics: dict[str, float], evaluation: dict[str, Any]) -> None:
@@ -373,11 +362,16 @@ def end_epoch(state: LoopState, metrics: dict[str, float], evaluation: dict[str,
     improved = state.stopper.update(metrics, state.epoch)
     state.history.append(metrics)
     if improved:
-        state.best = best_model(state, metrics, evaluation)
+        state.best = checkpoint.best_model(state, metrics, evaluation)
     if state.rank == 0:
         _log_epoch(state.epoch, state.config.epochs, metrics, improved)
-    best = {"best_epoch": state.stopper.best_epoch, f"best_{state.config.monitor}": state.stopper.best}
-    save_and_report(state, {**metrics, **best}, epoch=state.epoch)
+    save_and_report(state, {**metrics, **_best_so_far(state)}, epoch=state.epoch)
+
+
+def _best_so_far(state: LoopState) -> dict[str, float]:
+    """The best epoch and its --monitor value, reported with every epoch (NaN before any)."""
+    best = state.stopper.best
+    return {"best_epoch": state.stopper.best_epoch, f"best_{state.config.monitor}": math.nan if best is None else best}
 
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raymc.config import TrainConfig, build_config
 from raymc.errors import ConfigError
+from raymc.ray_compat import asha_rungs
 from raymc.resources import plan_trials
 from raymc.tune.cli import experiment_config, get_args_parser, main
 from raymc.tune.search import PruningASHAScheduler, PruningOptunaSearch
@@ -173,7 +174,7 @@ def test_concurrency_fills_the_cluster_and_leaves_half_the_cpus_to_ray_data(clus
 # ---------------------------------------------------------------- pruned trials reach Optuna as PRUNED
 
 
-def simulate(searcher, scheduler, values: dict[str, list[float]], max_t: int) -> None:
+def simulate(searcher, scheduler, values: dict[str, list[float]], max_t: int, metric: str = "val_acc") -> None:
     """Feed epoch results of trials, one trial at a time, the way TuneController does."""
     for trial_id, per_epoch in values.items():
         trial = SimpleNamespace(trial_id=trial_id)
@@ -181,7 +182,7 @@ def simulate(searcher, scheduler, values: dict[str, list[float]], max_t: int) ->
         scheduler.on_trial_add(None, trial)
         result = {}
         for epoch, value in enumerate(per_epoch, start=1):
-            result = {"epoch": epoch, "training_iteration": epoch, "val_acc": value}
+            result = {"epoch": epoch, "training_iteration": epoch, metric: value}
             decision = scheduler.on_trial_result(None, trial, result)
             if decision == TrialScheduler.STOP:
                 break
@@ -190,15 +191,15 @@ def simulate(searcher, scheduler, values: dict[str, list[float]], max_t: int) ->
         searcher.on_trial_complete(trial_id, result=result)
 
 
-def make_pair(max_t: int = 4):
+def make_pair(max_t: int = 4, metric: str = "val_acc", mode: str = "max"):
     searcher = PruningOptunaSearch(
-        {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, metric="val_acc", mode="max", seed=0
+        {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, metric=metric, mode=mode, seed=0
     )
     scheduler = PruningASHAScheduler(
         searcher=searcher,
         time_attr="epoch",
-        metric="val_acc",
-        mode="max",
+        metric=metric,
+        mode=mode,
         max_t=max_t,
         grace_period=1,
         reduction_factor=2,
@@ -266,3 +267,36 @@ def test_a_resumed_asha_puts_restored_trials_back_on_its_rungs():
     searcher.suggest("late")
     fresh.on_trial_add(None, late)
     assert fresh.on_trial_result(None, late, {"epoch": 1, "val_acc": 0.2}) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize(
+    "metric, mode, values, told",
+    [("val_acc", "max", [0.5, 0.8, 0.6], 0.8), ("val_loss", "min", [0.9, 0.6, 0.7], 0.6)],
+)
+def test_a_completed_trial_reaches_optuna_with_its_best_epoch(metric, mode, values, told):
+    """raymc ranks trials by their best epoch (results tables, best_config): Optuna learns the same value."""
+    searcher, scheduler = make_pair(max_t=3, metric=metric, mode=mode)
+    simulate(searcher, scheduler, {"t": values}, max_t=3, metric=metric)
+    (trial,) = searcher.study.get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == told
+    assert trial.intermediate_values == dict(enumerate(values, start=1))
+
+
+def test_a_first_epoch_preemption_report_of_nan_is_skipped_by_optuna_and_asha():
+    """save_before_preemption reports epoch 0 with NaN metrics: no rung, no intermediate value."""
+    searcher, scheduler = make_pair()
+    trial = SimpleNamespace(trial_id="t")
+    searcher.suggest("t")
+    scheduler.on_trial_add(None, trial)
+    preempted = {"epoch": 0, "training_iteration": 1, "val_acc": float("nan"), "best_epoch": 0}
+    assert scheduler.on_trial_result(None, trial, preempted) == TrialScheduler.CONTINUE
+    searcher.on_trial_result("t", preempted)
+    assert searcher.intermediate_values("t") == {}
+    assert all(not recorded for _, recorded in asha_rungs(scheduler, "t"))
+    for epoch, value in enumerate([0.5, 0.7, 0.6, 0.65], start=1):
+        result = {"epoch": epoch, "training_iteration": epoch + 1, "val_acc": value}
+        assert scheduler.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE
+        searcher.on_trial_result("t", result)
+    searcher.on_trial_complete("t", result=result)
+    (told,) = searcher.study.get_trials()
+    assert told.state == TrialState.COMPLETE and told.value == 0.7

@@ -44,7 +44,9 @@ class PruningOptunaSearch(OptunaSearch):
     a trial cut after one epoch for a finished one and learns from a value the trial never
     reached at the end. The scheduler marks the trials it stops (`mark_pruned`); they reach Optuna
     as PRUNED with their intermediate values, which TPE ranks below completed trials. Intermediate
-    values are reported at the trial's `epoch`, which stays right when a trial resumes.
+    values are reported at the trial's `epoch`, which stays right when a trial resumes; non-finite
+    ones (a first-epoch preemption's NaN) are left out. A completed trial reaches Optuna with its
+    best epoch's value, the one raymc ranks trials by.
     """
 
     def __init__(self, *args: Any, step_attr: str = "epoch", **kwargs: Any) -> None:
@@ -61,9 +63,10 @@ class PruningOptunaSearch(OptunaSearch):
         self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped = trial_id in self._pruned or bool(result and result.get(DIVERGED))
-        if error or not stopped or trial_id in completed_trial_ids(self) or not result:
+        if error or trial_id in completed_trial_ids(self) or not result:
             return super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id not in self._pruned and not result.get(DIVERGED):
+            return super().on_trial_complete(trial_id, result=self._with_best_value(trial_id, result))
         self._report(trial_id, result)  # the result that made the scheduler stop it
         optuna_study(self).tell(optuna_trials(self)[trial_id], state=TrialState.PRUNED)
         completed_trial_ids(self).add(trial_id)
@@ -73,6 +76,20 @@ class PruningOptunaSearch(OptunaSearch):
         step = result.get(self._step_attr, result.get(TRAINING_ITERATION))
         if value is not None and step is not None and math.isfinite(value):
             optuna_trials(self)[trial_id].report(float(value), int(step))
+
+    def _with_best_value(self, trial_id: str, result: dict) -> dict:
+        """The final result with the trial's best epoch's value in place of its last epoch's: raymc ranks
+        trials by their best epoch (results tables, best_config), so Optuna learns from the same value."""
+        if isinstance(self.metric, list):
+            return result
+        values = dict(self.intermediate_values(trial_id))
+        step, last = result.get(self._step_attr, result.get(TRAINING_ITERATION)), result.get(self.metric)
+        if step is not None and last is not None:
+            values[int(step)] = float(last)
+        finite = [value for value in values.values() if math.isfinite(value)]
+        if not finite:
+            return result
+        return {**result, self.metric: max(finite) if self.mode == "max" else min(finite)}
 
     def intermediate_values(self, trial_id: str) -> dict[int, float]:
         """The values reported for a trial so far, by epoch, as the Optuna study holds them."""
