@@ -10,6 +10,12 @@ import ray
 logger = logging.getLogger(__name__)
 
 
+def connected_to_cluster() -> bool:
+    """Whether raymc runs on a cluster it connected to (RAY_ADDRESS, as under `ray job submit`),
+    which may autoscale, rather than on a local Ray it started, which can never grow."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(*, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
 
@@ -17,7 +23,7 @@ def init_ray(*, num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     """
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if connected_to_cluster():
         ray.init()
         logger.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         return

@@ -28,6 +28,8 @@ from raymc.resources import WorkerResources
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+FEW_STEPS = 5  # steps per epoch below which a run is warned that its batch is too large for the data
+MAX_UNUSED_FRACTION = 0.25  # training rows an epoch may leave out before the run is warned
 
 
 @dataclass
@@ -116,11 +118,24 @@ def make_trainer(
 
 
 def check_batch_fits(config: TrainConfig, spec: DataSpec, num_workers: int) -> None:
-    """Refuse a --batch that leaves no full training step for the workers."""
-    if steps_per_epoch(spec.num_train, num_workers, config) < 1:
+    """Refuse a --batch that leaves no full training step for the workers; warn when it leaves only
+    a few, or leaves many rows out of every epoch (each worker drops its last partial batch)."""
+    steps = steps_per_epoch(spec.num_train, num_workers, config)
+    if steps < 1:
         raise ConfigError(
             f"--batch {config.batch} is larger than the {spec.num_train} training rows split across "
             f"{num_workers} workers; use a smaller --batch"
+        )
+    unused = spec.num_train - steps * config.batch
+    if steps < FEW_STEPS or unused > MAX_UNUSED_FRACTION * spec.num_train:
+        logger.warning(
+            "--batch %d over %d workers gives %d step(s) per epoch on %d training rows, %d of them unused "
+            "each epoch; a smaller --batch (or fewer workers) trains on more of the data per epoch",
+            config.batch,
+            num_workers,
+            steps,
+            spec.num_train,
+            unused,
         )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,27 +59,82 @@ def plan_resources(
     return trials, WorkerResources(workers, cpus, gpus)
 
 
-def worker_resources(config: TrainConfig) -> WorkerResources:
-    """A training run's workers on the connected cluster; --batch must split evenly across them."""
-    cluster = ray.cluster_resources()
-    if config.gpus_per_worker is None and cluster.get("GPU", 0) < 1 and os.environ.get("RAY_ADDRESS"):
-        logger.warning(
-            "the cluster has no GPUs right now, so training runs on CPUs; on an autoscaling cluster "
-            "pass --gpus-per-worker 1 (and --num-workers) to have GPU nodes started"
-        )
-    _, resources = plan_resources(config, cluster)
-    if config.batch % resources.num_workers:
+def check_batch_splits(config: TrainConfig, num_workers: int) -> None:
+    """--batch is the global batch: each worker takes an equal share, and the learning rate is
+    scaled for the whole of it, so it must divide by the workers (of a run, or of a trial)."""
+    if config.batch % num_workers:
         raise ConfigError(
-            f"--batch {config.batch} does not split evenly across {resources.num_workers} workers: "
-            f"use a multiple of {resources.num_workers} (or set --num-workers)"
+            f"--batch {config.batch} does not split evenly across {num_workers} workers: "
+            f"use a multiple of {num_workers} (or set --num-workers)"
         )
+
+
+def check_placement(
+    config: TrainConfig, resources: WorkerResources, cluster: Mapping[str, float], *, connected: bool, what: str
+) -> None:
+    """Refuse at once what can never start; on a connected cluster, say what a run waits for.
+
+    A local Ray that raymc started can never grow, so a run (`what`: "the run", "each trial") that
+    needs more than it has is refused. A cluster raymc connected to (RAY_ADDRESS) may autoscale:
+    the run is told what it waits for, then waits.
+    """
+    if resources.gpus % 1 and resources.num_workers > 1:
+        raise ConfigError(
+            f"--gpus-per-worker {resources.gpus:g} with {resources.num_workers} workers: NCCL needs a whole GPU "
+            f"for each worker; use --gpus-per-worker 1 (or a single worker)"
+        )
+    needs = {"GPU": resources.gpus * resources.num_workers, "CPU": resources.cpus * resources.num_workers}
+    short = {kind: need for kind, need in needs.items() if need > cluster.get(kind, 0) + 1e-9}
+    if connected and config.gpus_per_worker is None and not resources.gpus:
+        logger.warning(
+            "the cluster has no GPUs right now, so %s trains on CPUs; on an autoscaling cluster pass "
+            "--gpus-per-worker 1 (and --num-workers, --max-concurrent-trials) to have GPU nodes started",
+            what,
+        )
+    if not short:
+        return
+    asked = ", ".join(f"{need:g} {kind}" for kind, need in needs.items() if need)
+    workers = f"{resources.num_workers} worker{'s' if resources.num_workers != 1 else ''}"
+    has = ", ".join(f"{cluster.get(kind, 0):g} {kind}" for kind in needs)
+    sizing = "--num-workers, --gpus-per-worker or --cpus-per-worker"
+    if not connected:
+        raise ConfigError(
+            f"{what} needs {asked} ({workers}), but the local Ray has {has} and cannot "
+            f"grow; lower {sizing}, or submit to a cluster (RAY_ADDRESS)"
+        )
+    logger.warning(
+        "%s needs %s (%s) and the cluster has %s now: waiting for the autoscaler to add nodes "
+        "(on a fixed-size cluster this never happens: stop and lower %s)",
+        what,
+        asked,
+        workers,
+        has,
+        sizing,
+    )
+
+
+def worker_resources(config: TrainConfig, *, connected: bool = False) -> WorkerResources:
+    """A training run's workers on the cluster Ray is connected to; --batch must split evenly across them."""
+    cluster = ray.cluster_resources()
+    _, resources = plan_resources(config, cluster)
+    check_batch_splits(config, resources.num_workers)
+    check_placement(config, resources, cluster, connected=connected, what="the run")
     return resources
 
 
 def plan_trials(
-    config: TrainConfig, cluster: Mapping[str, float], max_concurrent: int | None
+    config: TrainConfig, cluster: Mapping[str, float], max_concurrent: int | None, *, connected: bool = False
 ) -> tuple[int, WorkerResources]:
     """A search's trials at once (--max-concurrent-trials, or what the cluster holds) and each
     trial's workers (one unless --workers-per-trial says otherwise)."""
     one_worker = dataclasses.replace(config, num_workers=config.num_workers or 1)
-    return plan_resources(one_worker, cluster, trials=max_concurrent)
+    trials, resources = plan_resources(one_worker, cluster, trials=max_concurrent)
+    check_batch_splits(one_worker, resources.num_workers)
+    check_placement(one_worker, resources, cluster, connected=connected, what="each trial")
+    if connected and max_concurrent is None:
+        logger.warning(
+            "%d trial(s) at a time, planned from what the cluster has now; on an autoscaling cluster pass "
+            "--max-concurrent-trials N to run N at once as nodes start",
+            trials,
+        )
+    return trials, resources

@@ -14,7 +14,7 @@ import time
 import ray.train
 
 from raymc import storage
-from raymc.cluster import init_ray
+from raymc.cluster import connected_to_cluster, init_ray
 from raymc.config import TrainConfig, add_config_arguments, build_config
 from raymc.data.pipeline import data_spec, dataset_info
 from raymc.data.sources import resolve_data
@@ -40,9 +40,9 @@ def run_training(config: TrainConfig) -> TrainingResult:
     """Everything `python -m raymc.train` does after parsing flags; also the Python API's core."""
     started = time.perf_counter()
     init_ray()
+    resources = worker_resources(config, connected=connected_to_cluster())  # before any data is prepared
     config, source = resolve_data(config)
     spec = data_spec(dataset_info(source))
-    resources = worker_resources(config)
     check_batch_fits(config, spec, resources.num_workers)
     storage_path, name = storage.as_uri(config.out), config.run_name()
     check_resumable(config, storage_path, name)

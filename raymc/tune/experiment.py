@@ -27,7 +27,7 @@ from ray.tune import Result, ResultGrid
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raymc import storage
-from raymc.cluster import init_ray
+from raymc.cluster import connected_to_cluster, init_ray
 from raymc.config import TrainConfig, changed_settings, with_params
 from raymc.data.pipeline import DataSource, DataSpec, data_spec, dataset_info
 from raymc.data.sources import resolve_data
@@ -231,9 +231,11 @@ def run_search(config: TrainConfig, settings: SearchSettings, space: SearchSpace
     space = space or load_space(settings.space)
     settings.validate(config)
     init_ray()
+    max_concurrent, resources = plan_trials(  # before any data is prepared
+        config, ray.cluster_resources(), settings.max_concurrent_trials, connected=connected_to_cluster()
+    )
     base, source = resolve_data(config)
     spec = data_spec(dataset_info(source))
-    max_concurrent, resources = plan_trials(base, ray.cluster_resources(), settings.max_concurrent_trials)
     check_batch_fits(base, spec, resources.num_workers)
     check_space(space, base)
     name = experiment_name(base, settings, space)
