@@ -22,7 +22,7 @@ from raymc.data.pipeline import DataSource, DataSpec, build_datasets, start_epoc
 from raymc.errors import ConfigError, RaymcError
 from raymc.loop import steps_per_epoch, train_loop_per_worker
 from raymc.outputs import write_run_outputs
-from raymc.ray_compat import ExactValidationDataConfig
+from raymc.ray_compat import ExactValidationDataConfig, ingest_options
 from raymc.resources import WorkerResources
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def make_trainer(
         ),
         run_config=run_config,
         datasets=build_datasets(source, spec, config, clock),
-        dataset_config=ExactValidationDataConfig(),
+        dataset_config=ExactValidationDataConfig(execution_options=ingest_options()),
     )
 
 

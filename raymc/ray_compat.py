@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
-from ray.data import DataContext
+from ray.data import DataContext, ExecutionOptions
 from ray.train import DataConfig
 from ray.util.placement_group import PlacementGroup
 
@@ -52,6 +52,18 @@ class ExactValidationDataConfig(DataConfig):
             for i, split in enumerate(val.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)):
                 output[i]["val"] = split
         return output
+
+
+def ingest_options() -> ExecutionOptions:
+    """Ray Train's default ingest options without `exclude_resources`: DataConfig's own default
+    (`default_ingest_options`) copies that deprecated field, which makes Ray 2.60 warn
+    (RayDeprecationWarning, "removed after January") on every run; raymc passes these instead."""
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=current.preserve_order,
+        verbose_progress=current.verbose_progress,
+    )
 
 
 # ---------------------------------------------------------------- Ray Data: the Parquet reader

@@ -10,7 +10,9 @@ import inspect
 import subprocess
 import sys
 import time
+import warnings
 
+import pytest
 import ray
 from ray.data import DataContext
 from ray.data.context import DEFAULT_USE_DATASOURCE_V2
@@ -18,6 +20,7 @@ from ray.train import DataConfig
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import uniform
+from ray.util.annotations import RayDeprecationWarning
 from ray.util.placement_group import placement_group
 
 from raymc import ray_compat
@@ -102,3 +105,13 @@ def test_the_modules_ray_data_workers_import_do_not_load_ray_tune():
 
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_raymc_ingest_options_avoid_rays_deprecated_default():
+    with pytest.warns(RayDeprecationWarning, match="exclude_resources"):
+        DataConfig()._resolve_execution_options("train")  # Ray's default: when this stops warning, drop ingest_options
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RayDeprecationWarning)
+        options = ray_compat.ExactValidationDataConfig(execution_options=ray_compat.ingest_options())
+        resolved = options._resolve_execution_options("val")
+    assert resolved.preserve_order == DataContext.get_current().execution_options.preserve_order
