@@ -97,7 +97,7 @@ def raymc_cause(error: TrainingFailedError) -> str | None:
     the run failed for another reason (a killed worker, a lost node)."""
     failures = [*getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None)]
     for failure in filter(None, failures):
-        failure = _unwrapped(failure)
+        failure = unwrapped_error(failure)
         if isinstance(failure, RaymcError):
             return str(failure)
         found = RAYMC_ERROR_LINE.findall(str(failure))
@@ -106,7 +106,7 @@ def raymc_cause(error: TrainingFailedError) -> str | None:
     return None
 
 
-def _unwrapped(error: BaseException) -> BaseException:
+def unwrapped_error(error: BaseException) -> BaseException:
     """The exception a RayTaskError carries: Ray's wrapper subclasses the original's class too, but
     its text is Ray's traceback, not the original message."""
     while isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:

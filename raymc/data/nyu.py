@@ -9,8 +9,10 @@ because h5py reads whole chunks. nyu_prepare.py turns the file into Parquet shar
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import numpy as np
 import scipy.io
 
 from raymc.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 SCENE_TYPES: tuple[str, ...] = (
     "basement",
@@ -71,6 +75,7 @@ SPLIT_KEYS: tuple[str, str] = ("trainNdxs", "testNdxs")
 SPLIT_NAMES: tuple[str, str] = ("train", "test")
 
 _FIX_MAT = "pass the labeled NYU Depth V2 file nyu_depth_v2_labeled.mat (download it again if damaged)"
+_FIX_DAMAGED = "download nyu_depth_v2_labeled.mat again"
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,13 +106,27 @@ def open_mat(path: str | os.PathLike) -> h5py.File:
             f"{path}: not an HDF5 / MATLAB v7.3 file (key 'mat'); {_FIX_MAT}, "
             "or re-save it in MATLAB with save(..., '-v7.3')"
         )
-    return h5py.File(path, "r")
+    with _readable(path, "the HDF5 file"):
+        return h5py.File(path, "r")
+
+
+@contextlib.contextmanager
+def _readable(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn what h5py raises on a truncated or damaged file (OSError when pixel chunks or the end
+    of the file are missing, KeyError or RuntimeError for broken metadata) into a DataError that
+    names the file and says to download it again."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise DataError(
+            f"{path}: truncated or damaged file (key 'mat'): cannot read {what} ({exc}); {_FIX_DAMAGED}"
+        ) from exc
 
 
 def read_index(path: str | os.PathLike) -> NyuIndex:
     """Read sizes and scene strings, checking every key agrees on N, H and W."""
     path = Path(path)
-    with open_mat(path) as f:
+    with open_mat(path) as f, _readable(path, "sizes and scene strings"):
         for key in REQUIRED_KEYS:
             if key not in f:
                 raise DataError(f"{path}: key '{key}' is missing; {_FIX_MAT}")
@@ -186,9 +205,11 @@ def _check_scene_types(scene_types: Sequence[str], path: Path) -> None:
 
 def read_block(f: h5py.File, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Samples start..stop as RGB (n, H, W, 3) uint8, cleaned depth (n, H, W) float32 metres,
-    and the number of pixels cleaned per sample: one h5py read per key, whole chunks at a time."""
-    rgb = np.ascontiguousarray(f["images"][start:stop].transpose(0, 3, 2, 1))
-    depth = np.ascontiguousarray(f["depths"][start:stop].transpose(0, 2, 1), dtype=np.float32)
+    and the number of pixels cleaned per sample: one h5py read per key, whole chunks at a time.
+    Damage in the pixel chunks only shows here, so it is reported as a DataError too."""
+    with _readable(f.filename, f"the pixels of samples {start}..{stop - 1}"):
+        rgb = np.ascontiguousarray(f["images"][start:stop].transpose(0, 3, 2, 1))
+        depth = np.ascontiguousarray(f["depths"][start:stop].transpose(0, 2, 1), dtype=np.float32)
     cleaned = clean_depth(depth)
     return rgb, depth, cleaned
 
@@ -288,10 +309,18 @@ def grouped_split(scenes: Sequence[str], labels: np.ndarray, *, seed: int, test_
     Per class (a room's class is the majority of its frames), its rooms are shuffled and moved
     into test until the class's test share reaches test_fraction; the last room always stays in
     train, so every class with >= 2 rooms has a room on each side and a one-room class trains.
-    Returns a bool array, True for test samples.
+    When that leaves test empty (every class has one room), whole rooms of any class move to test
+    instead, so training validates on something even if each class is then on one side only.
+    Fewer than 2 rooms cannot be split: DataError. Returns a bool array, True for test samples.
     """
     check_test_fraction(test_fraction)
     room_names, room_of = np.unique(np.asarray(scenes, dtype=str), return_inverse=True)
+    if len(room_names) < 2:
+        raise DataError(
+            f"key 'scenes' names only {len(room_names)} room ({', '.join(room_names)}) and a split keeps each "
+            "room on one side, so no test split is possible; pass the official split with --splits splits.mat, "
+            "or data with more rooms"
+        )
     room_sizes = np.bincount(room_of, minlength=len(room_names))
     room_class = _room_classes(room_of, labels, len(room_names))
     rng = np.random.default_rng(seed)
@@ -300,6 +329,8 @@ def grouped_split(scenes: Sequence[str], labels: np.ndarray, *, seed: int, test_
         rooms = np.flatnonzero(room_class == label)
         rng.shuffle(rooms)
         test_room[_rooms_for_test(rooms, room_sizes, test_fraction)] = True
+    if not test_room.any():
+        test_room[_rooms_for_test(rng.permutation(len(room_names)), room_sizes, test_fraction)] = True
     return test_room[room_of]
 
 
@@ -320,7 +351,9 @@ def _room_classes(room_of: np.ndarray, labels: np.ndarray, num_rooms: int) -> np
 
 
 def _rooms_for_test(rooms: np.ndarray, room_sizes: np.ndarray, test_fraction: float) -> list[int]:
-    """Take shuffled rooms into test until their frames reach the class's target share."""
+    """Take shuffled rooms into test until their frames reach the target share of theirs (a class's
+    rooms, or all rooms); the first always goes and the last always stays, so given >= 2 rooms
+    both sides get one."""
     target = test_fraction * room_sizes[rooms].sum()
     chosen: list[int] = []
     taken = 0
@@ -346,6 +379,23 @@ def assign_splits(
         train, test = read_splits(splits, index.num_samples)
         assigned[train], assigned[test] = SPLIT_NAMES
         return assigned
-    is_test = grouped_split(index.scenes, labels, seed=seed, test_fraction=test_fraction)
+    try:
+        is_test = grouped_split(index.scenes, labels, seed=seed, test_fraction=test_fraction)
+    except DataError as exc:
+        raise DataError(f"{index.path}: {exc}") from None
     assigned[:] = np.where(is_test, "test", "train")
     return assigned
+
+
+def warn_one_sided_classes(assigned: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
+    """Log a warning naming the classes that have samples in one split only, since validation
+    cannot score a train-only class and training never sees a test-only one."""
+    train, test = (set(labels[assigned == name].tolist()) for name in SPLIT_NAMES)
+    sides = (
+        ("train", train - test, "validation cannot score them"),
+        ("test", test - train, "training never sees them"),
+    )
+    for side, only, consequence in sides:
+        if only:
+            names = ", ".join(classes[i] for i in sorted(only))
+            logger.warning("classes only in the %s split: %s; %s", side, names, consequence)

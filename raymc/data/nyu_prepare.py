@@ -35,6 +35,7 @@ from raymc.data.nyu import (
     read_block,
     read_index,
     scene_labels,
+    warn_one_sided_classes,
 )
 from raymc.data.publish import INFO_FILE, check_output_dir, commit_dir, run_shard_tasks, staging_dir, write_info
 from raymc.errors import ConfigError, DataError
@@ -104,6 +105,7 @@ def prepare_nyu(
     size = _output_size(index, image_size)
     labels = scene_labels(index.scene_types, protocol)
     assigned = assign_splits(index, labels, splits=splits, seed=seed, test_fraction=test_fraction)
+    warn_one_sided_classes(assigned, labels, names)
 
     init_ray()
     with staging_dir(out) as staging:

@@ -6,13 +6,17 @@ depth to the workers; normalization happens on the worker's device, where it is 
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow
 import pyarrow.fs
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data import FileShuffleConfig, RandomSeedConfig
@@ -32,6 +36,7 @@ TRAIN_SPLIT = "train"
 # Rows per preprocessing call: small enough that a task holds few decoded full-resolution images
 # at a time, large enough to amortize the per-call overhead.
 PREPROCESS_BATCH = 32
+FOOTER_READERS = 16  # threads reading shard footers up front: on an object store each read is mostly latency
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,31 @@ def _parquet_files(folder: str, *, prefix: str = "") -> list[str]:
     return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(prefix) and n.endswith(".parquet")]
 
 
+def check_shards(source: DataSource, files: list[str]) -> None:
+    """Read every shard's footer on the driver, in parallel, before any Ray Data task runs: a
+    damaged shard is then named here instead of failing a read task deep in training with pyarrow's
+    ArrowInvalid. Costs one small read per shard (the footer) each time a dataset is built."""
+    filesystem, root = storage.filesystem(source.location)
+    paths = [f"{root.rstrip('/')}/{Path(file).name}" for file in files]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=FOOTER_READERS) as pool:
+        failures = pool.map(functools.partial(_footer_error, filesystem=filesystem), paths)
+    for file, failure in zip(files, failures, strict=True):
+        if failure is not None:
+            raise DataError(
+                f"{file}: not a readable Parquet shard ({failure}); prepare the data again with "
+                f"python -m raymc.prepare {source.kind} ... --overwrite"
+            )
+
+
+def _footer_error(path: str, *, filesystem: pyarrow.fs.FileSystem) -> str | None:
+    """Why the Parquet footer of `path` cannot be read, or None when it can."""
+    try:
+        pq.read_metadata(path, filesystem=filesystem)
+    except (pyarrow.ArrowException, OSError) as exc:
+        return str(exc)
+    return None
+
+
 def dataset_info(source: DataSource) -> dict[str, Any]:
     """dataset_info.json of a prepared folder, or the same facts scanned from an ImageFolder."""
     if source.prepared:
@@ -211,6 +241,7 @@ def stored_rows(source: DataSource, spec: DataSpec, split: str, config: TrainCon
     mixed = not files  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
     if mixed:
         files = _parquet_files(source.location)
+    check_shards(source, files)
     # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
     # than files would make Ray split the read's output and run the view as separate tasks).
     with parquet_reader_v1():

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray.remote_function import RemoteFunction
 
-from raymc.errors import DataError
+from raymc.errors import DataError, RaymcError
 
 INFO_FILE = "dataset_info.json"  # beside the Parquet shards; Ray's read_parquet skips it
 
@@ -68,7 +68,8 @@ def run_shard_tasks(
 ) -> list[Any]:
     """Run `task` once per job in parallel and return the results in job order.
 
-    `check` sees each result as its task finishes and may raise (a shard that met a bad file).
+    `check` sees each result as its task finishes and may raise (a shard that met a bad file); a
+    raymc error raised in a task is raised here as itself, so the CLIs print its one-line message.
     On any error, a task's or check's, the remaining tasks are cancelled and awaited, so none
     writes into the staging folder after we return and it is removed.
     """
@@ -79,7 +80,7 @@ def run_shard_tasks(
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            result = ray.get(done[0])
+            result = _get(done[0])
             if check is not None:
                 check(result)
             results[position[done[0]]] = result
@@ -89,3 +90,18 @@ def run_shard_tasks(
         ray.wait(pending, num_returns=len(pending))
         raise
     return results
+
+
+def _get(ref: ray.ObjectRef) -> Any:
+    """ray.get, but a raymc error raised in the task comes back as itself: Ray's RayTaskError
+    subclasses the error's class, yet its text is Ray's traceback, which the CLIs would print."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        # Imported on failure only: ray_compat loads Ray Tune, which the workers importing this module need not.
+        from raymc.ray_compat import unwrapped_error
+
+        cause = unwrapped_error(exc)
+        if isinstance(cause, RaymcError):
+            raise cause from exc
+        raise

@@ -245,6 +245,47 @@ def test_grouped_split_rejects_fractions_outside_0_1(fraction: float) -> None:
         nyu.grouped_split(scenes, labels, seed=0, test_fraction=fraction)
 
 
+def _one_room_per_class() -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of one room each (3, 5 and 4 frames): the per-class rule puts all in train."""
+    scenes = np.array(["kitchen_1"] * 3 + ["office_1"] * 5 + ["bedroom_1"] * 4)
+    return scenes, np.array([1] * 3 + [5] * 5 + [0] * 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_split_of_one_room_classes_moves_whole_rooms_to_test(seed: int) -> None:
+    scenes, labels = _one_room_per_class()
+    is_test = nyu.grouped_split(scenes, labels, seed=seed, test_fraction=0.45)
+    assert is_test.any() and not is_test.all()
+    assert not set(scenes[is_test]) & set(scenes[~is_test])
+
+
+def test_grouped_split_of_one_room_is_a_data_error_saying_what_to_pass() -> None:
+    with pytest.raises(DataError, match=r"'scenes'.*1 room.*--splits splits.mat.*more rooms"):
+        nyu.grouped_split(["kitchen_1"] * 4, np.zeros(4, dtype=np.int64), seed=0, test_fraction=0.45)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_one_sided_classes_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    classes = nyu.class_names("nyu10")
+    scenes, labels = _one_room_per_class()
+    assigned = np.where(nyu.grouped_split(scenes, labels, seed=0, test_fraction=0.45), "test", "train")
+    nyu.warn_one_sided_classes(assigned, labels, classes)
+    expected = [
+        f"classes only in the {side} split: {', '.join(classes[i] for i in sorted(set(labels[assigned == side])))}"
+        for side in ("train", "test")
+    ]
+    assert [w.split(";")[0] for w in _warnings(caplog)] == expected
+
+    caplog.clear()  # the per-class rule: only the one-room classes (labels 0 and 7) stay in train
+    scenes, labels = _rooms()
+    assigned = np.where(nyu.grouped_split(scenes, labels, seed=3, test_fraction=0.45), "test", "train")
+    nyu.warn_one_sided_classes(assigned, labels, classes)
+    assert _warnings(caplog) == ["classes only in the train split: bedroom, classroom; validation cannot score them"]
+
+
 # ------------------------------------------------------------------------------ official splits
 
 

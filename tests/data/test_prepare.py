@@ -17,7 +17,7 @@ import scipy.io
 
 from raymc import prepare
 from raymc.data import nyu, nyu_prepare
-from raymc.data.demo import write_demo_nyu
+from raymc.data.demo import write_demo_nyu, write_nyu_mat
 from raymc.data.pipeline import read_dataset_info, split_files
 from raymc.errors import DataError
 
@@ -171,6 +171,47 @@ def test_a_failed_run_leaves_out_untouched(
         nyu_prepare.prepare_nyu(mat, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert _no_staging_left(out)
+
+
+# ------------------------------------------------------------------------------ rooms too few to split by class
+
+
+def _mat_of_rooms(path: Path, rooms: list[tuple[str, str, int]]) -> Path:
+    """A tiny .mat of (scene type, room id, frames) runs of frames."""
+    scene_types = [t for t, _, frames in rooms for _ in range(frames)]
+    scenes = [room for _, room, frames in rooms for _ in range(frames)]
+    rng = np.random.default_rng(0)
+    n = len(scenes)
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    depths = rng.uniform(0.5, 5.0, (n, 8, 8)).astype(np.float32)
+    return write_nyu_mat(path, images=images, depths=depths, scene_types=scene_types, scenes=scenes)
+
+
+def test_one_room_per_class_still_gets_a_test_split_and_a_warning(
+    ray_session, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rooms = [("kitchen", "kitchen_0001", 3), ("office", "office_0002", 5), ("bedroom", "bedroom_0003", 4)]
+    out = tmp_path / "out"
+    info = nyu_prepare.prepare_nyu(_mat_of_rooms(tmp_path / "rooms.mat", rooms), out, seed=0)
+    assert read_dataset_info(str(out)) == info
+    train, test = (sum(info["counts"][split].values()) for split in ("train", "test"))
+    assert train > 0 and test > 0 and train + test == 12 and split_files(str(out), "test")
+    df = _read_with_pyarrow(out).select(["scene", "split"]).to_pandas()
+    assert df.groupby("scene")["split"].nunique().max() == 1  # whole rooms moved, none on both sides
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for split in ("train", "test"):
+        named = [name for name, count in info["counts"][split].items() if count]
+        assert any(w.startswith(f"classes only in the {split} split: {', '.join(named)};") for w in warnings)
+
+
+def test_one_room_cannot_be_split_and_says_what_to_pass(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    mat = _mat_of_rooms(tmp_path / "one_room.mat", [("kitchen", "kitchen_0001", 4)])
+    out = tmp_path / "out"
+    assert prepare.main(["nyu", "--mat", str(mat), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert str(mat) in err and "--splits splits.mat" in err and "more rooms" in err
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ bad inputs
