@@ -21,6 +21,7 @@ from raymc.figures import predictions_figure
 from raymc.inference import CountBatches, PredictBatches, check_fits, count_totals, metrics_from_counts, split_name
 from raymc.models import build_model, model_kwargs
 from raymc.trained import CheckpointError
+from tests.helpers import raymc_stderr
 
 CLASSES = ["bedroom", "kitchen", "office"]
 NYU_INFO = {
@@ -259,7 +260,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(cli, tmp_path, capsys):
     code = main(
         ["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "o.parquet")]
     )
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert str(tmp_path / "missing.pt") in err
 

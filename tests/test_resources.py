@@ -13,6 +13,7 @@ from raymc.driver import check_batch_fits
 from raymc.errors import ConfigError
 from raymc.resources import check_placement, plan_resources, plan_trials, worker_resources
 from raymc.train import main as train_main
+from tests.helpers import raymc_stderr
 
 
 def test_cpu_cluster_defaults_leave_half_the_cpus_to_ray_data(ray_session):
@@ -65,7 +66,7 @@ def test_a_local_ray_that_cannot_hold_the_run_refuses_at_once(ray_session):
 
 def test_a_cli_run_that_a_local_ray_cannot_hold_exits_2_naming_the_flags(ray_session, capsys):
     assert train_main(["--gpus-per-worker", "0.5", "--num-workers", "2", "--batch", "32"]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: --gpus-per-worker 0.5 with 2 workers") and err.count("\n") == 1
 
 

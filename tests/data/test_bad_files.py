@@ -12,6 +12,7 @@ import pytest
 from raymc import prepare, train
 from raymc.data import nyu, nyu_prepare, pipeline
 from raymc.data.demo import write_demo_nyu
+from tests.helpers import raymc_stderr
 
 N, H, W = 24, 16, 20  # three HDF5 chunks of 8 samples, so three shard tasks
 
@@ -22,7 +23,7 @@ def mat(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1, err
     return err
 

@@ -20,6 +20,7 @@ from raymc.data import nyu, nyu_prepare
 from raymc.data.demo import write_demo_nyu, write_nyu_mat
 from raymc.data.pipeline import read_dataset_info, split_files
 from raymc.errors import DataError
+from tests.helpers import raymc_stderr
 
 N, H, W = 80, 24, 32  # enough rooms that grouped classes have >= 2
 INFO_KEYS = {
@@ -146,7 +147,7 @@ def test_overwrite_replaces_only_when_asked(
     out.mkdir()
     (out / "keep.txt").write_text("old")
     assert prepare.main(["nyu", "--mat", str(mat), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1
     assert str(out) in err and "'out'" in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
@@ -208,7 +209,7 @@ def test_one_room_cannot_be_split_and_says_what_to_pass(tmp_path: Path, capsys: 
     mat = _mat_of_rooms(tmp_path / "one_room.mat", [("kitchen", "kitchen_0001", 4)])
     out = tmp_path / "out"
     assert prepare.main(["nyu", "--mat", str(mat), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1
     assert str(mat) in err and "--splits splits.mat" in err and "more rooms" in err
     assert not out.exists()
@@ -264,7 +265,7 @@ def test_bad_input_exits_2_naming_file_and_key(
     flags, bad_file, key = make(mat, tmp_path)
     out = tmp_path / "out"
     assert prepare.main(["nyu", *flags, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1
     assert str(bad_file) in err and f"'{key}'" in err
     assert not out.exists() and _no_staging_left(out)

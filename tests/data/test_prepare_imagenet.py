@@ -18,6 +18,7 @@ from raymc import prepare
 from raymc.data import imagenet, imagenet_prepare
 from raymc.data.demo import write_demo_imagenet
 from raymc.data.imagenet import BadImageError, decode_rgb
+from tests.helpers import raymc_stderr
 
 # decode_rgb's fast path is torchvision.io.decode_jpeg, deprecated in torchvision 0.29 (kept on
 # purpose: ~1.4x faster than PIL, pinned torchvision <= 0.29.1); its warning is expected here.
@@ -150,7 +151,7 @@ def test_fail_stops_naming_the_file_and_leaves_out_untouched(
     argv = ["imagenet", "--data-dir", str(folder), "--out", str(out), "--on-bad-image", "fail"]
     argv.append("--overwrite")
     assert prepare.main(argv) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1 and "bad image" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and _no_staging_left(out)
 
@@ -177,7 +178,7 @@ def test_a_non_empty_out_is_refused_without_overwrite(
     out.mkdir()
     (out / "keep.txt").write_text("old")
     assert prepare.main(["imagenet", "--data-dir", str(folder), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and str(out) in err and "--overwrite" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -202,7 +203,7 @@ def test_bad_layout_exits_2_naming_the_folder(
     bad_dir, detail = make(folder, tmp_path)
     out = tmp_path / "out"
     assert prepare.main(["imagenet", "--data-dir", str(bad_dir.parent), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and err.count("\n") == 1
     assert str(bad_dir.resolve()) in err and detail in err and "'data_dir'" in err
     assert not out.exists()
