@@ -10,6 +10,10 @@ import types
 if "RAY_ADDRESS" not in os.environ:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+from raymc.quiet import quiet_driver  # noqa: E402
+
+quiet_driver()  # before Ray Data is imported: it reads its logging settings once
+
 from raymc.errors import ConfigError, DataError, RaymcError  # noqa: E402
 
 __version__ = "0.1.0"

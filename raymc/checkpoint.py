@@ -64,12 +64,15 @@ def load_progress(folder: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the training state (state.pt)
 
 
-def training_state(state: LoopState, *, epoch: int, steps_done: int) -> dict[str, Any]:
-    """state.pt's payload after `epoch` epochs and `steps_done` steps of the next one.
+def training_state(
+    state: LoopState, *, epoch: int, steps_done: int, epoch_totals: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """state.pt's payload after `epoch` epochs and `steps_done` steps of the next one, whose
+    running [loss sum, correct, samples] on this rank are `epoch_totals`.
 
-    Every rank must call it (it gathers the ranks' generators); only rank 0's result is written.
+    Every rank must call it (it gathers the ranks' generators and totals); only rank 0's result is written.
     """
-    rng = gather_rng_states(state.device)
+    ranks = gather_rank_states(state.device, epoch_totals)
     return {
         "model": state.core.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -78,7 +81,8 @@ def training_state(state: LoopState, *, epoch: int, steps_done: int) -> dict[str
         "epoch": epoch,
         "steps_done": steps_done,
         "early_stopping": state.stopper.state_dict(),
-        "rng": rng,
+        "rng": [rank["rng"] for rank in ranks],
+        "epoch_totals": [rank["epoch_totals"] for rank in ranks],
     }
 
 
@@ -96,6 +100,8 @@ def load_training_state(state: LoopState, saved: dict[str, Any]) -> list[str]:
         notes.append("the checkpoint has no fp16 loss scale (it trained without GradScaler): the scale starts fresh")
     state.stopper = EarlyStopping(**saved["early_stopping"])
     state.epoch, state.first_step = saved["epoch"] + 1, saved["steps_done"]
+    if state.first_step:
+        state.resumed_totals = resumed_totals(saved.get("epoch_totals"), rank=state.rank, world_size=state.world_size)
     why = restore_rng(saved.get("rng"), device=state.device, rank=state.rank, world_size=state.world_size)
     if why:
         torch.manual_seed(resume_seed(state.config.seed, state.rank, state.epoch))
@@ -132,12 +138,13 @@ def rng_state(device: torch.device) -> RngState:
     return states
 
 
-def gather_rng_states(device: torch.device) -> list[RngState]:
-    """Every rank's generator states in rank order, on every rank: only rank 0 writes the checkpoint.
+def gather_rank_states(device: torch.device, epoch_totals: torch.Tensor | None) -> list[dict[str, Any]]:
+    """Every rank's {"rng": generator states, "epoch_totals": running totals of the epoch or None}
+    in rank order, on every rank: only rank 0 writes the checkpoint.
 
     A collective when a process group exists (every rank must call it); world size 1 has none.
     """
-    mine = rng_state(device)
+    mine = {"rng": rng_state(device), "epoch_totals": None if epoch_totals is None else epoch_totals.cpu()}
     if not (dist.is_available() and dist.is_initialized()):
         return [mine]
     everyone: list[Any] = [None] * dist.get_world_size()
@@ -159,6 +166,17 @@ def restore_rng(saved: list[RngState] | None, *, device: torch.device, rank: int
     if device.type == "cuda":
         torch.cuda.set_rng_state(mine["cuda"], device)
     return None
+
+
+def resumed_totals(saved: list[torch.Tensor | None] | None, *, rank: int, world_size: int) -> torch.Tensor | None:
+    """This rank's running [loss sum, correct, samples] of a preempted epoch (None when the checkpoint
+    has none): its own with the same number of workers, else rank 0 carries the sum over every saved
+    rank (the epoch's totals are summed over ranks) and the others start from zero."""
+    if not saved or saved[0] is None:
+        return None
+    if len(saved) == world_size:
+        return saved[rank]
+    return torch.stack(saved).sum(0) if rank == 0 else torch.zeros_like(saved[0])
 
 
 def resume_seed(seed: int, rank: int, epoch: int) -> int:

@@ -163,6 +163,13 @@ class TrainConfig:
 
     # run
     seed: int = setting(42, "random seed (weights, augmentation, data order, split)", group="run")
+    deterministic: bool = setting(
+        False,
+        "reproducible bit for bit on CPUs for a given seed and worker count, and a resumed run identical to an "
+        "uninterrupted one: Ray Data keeps each worker's row order (ignoring locality), a resume inside an epoch "
+        "skips the batches already trained on, torch uses deterministic algorithms; costs throughput (README)",
+        group="run",
+    )
     out: str = setting("./runs", "storage path: runs are written to OUT/NAME (local path or s3://...)", group="run")
     name: str | None = setting(
         None,

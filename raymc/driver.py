@@ -113,7 +113,7 @@ def make_trainer(
         ),
         run_config=run_config,
         datasets=build_datasets(source, spec, config, clock),
-        dataset_config=ExactValidationDataConfig(execution_options=ingest_options()),
+        dataset_config=ExactValidationDataConfig(execution_options=ingest_options(preserve_order=config.deterministic)),
     )
 
 
@@ -158,6 +158,7 @@ def _summary(
         "num_val": spec.num_val,
         "epochs_run": len(history),
         "epochs": config.epochs,
+        "deterministic": config.deterministic,
         "stopped_early": stopped_early,
         "monitor": config.monitor,
         "best_epoch": best["epoch"],

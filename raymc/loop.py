@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
 from raymc.precision import Precision
+from raymc.quiet import quiet_train_worker
 from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
@@ -77,6 +79,7 @@ class LoopState:
     best: dict[str, Any] = field(default_factory=dict)  # best_model.pt's payload
     epoch: int = 1  # the epoch running, or the first to run
     first_step: int = 0  # steps of `epoch` a preempted run had done before it stopped
+    resumed_totals: torch.Tensor | None = None  # this rank's [loss sum, correct, samples] of those steps
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -122,6 +125,14 @@ def _setup_progress_logging() -> None:
         logger.propagate = False
 
 
+def use_deterministic_algorithms() -> None:
+    """--deterministic: torch's deterministic kernels wherever it has them (an op without one warns
+    instead of failing the run), and cuDNN's autotuner off (it picks kernels by timing)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it before its first GEMM
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def start_worker(loop_config: dict[str, Any]) -> LoopState:
     """This worker's model, optimizer, schedule, precision and data shards, before any checkpoint."""
     config = TrainConfig(**loop_config["config"])
@@ -130,6 +141,9 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config["threads"])
     _setup_progress_logging()
+    quiet_train_worker()
+    if config.deterministic:
+        use_deterministic_algorithms()
     device = ray.train.torch.get_device()
     telemetry = TrainingTelemetry(run=loop_config["run_name"], rank=rank)
 
@@ -179,12 +193,20 @@ def restore(state: LoopState, resume_from: ray.train.Checkpoint) -> None:
             logger.warning("resuming: %s", note)
 
 
-def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, steps_done: int = 0) -> None:
+def save_and_report(
+    state: LoopState,
+    report: dict[str, float],
+    *,
+    epoch: int,
+    steps_done: int = 0,
+    epoch_totals: torch.Tensor | None = None,
+) -> None:
     """Report metrics from every rank; rank 0 attaches the checkpoint (state after `epoch`
-    complete epochs plus `steps_done` steps of the next one)."""
+    complete epochs plus `steps_done` steps of the next one, whose running totals are `epoch_totals`)."""
     with tempfile.TemporaryDirectory() as folder:
         ckpt = None
-        saved = checkpoint.training_state(state, epoch=epoch, steps_done=steps_done)  # on every rank: it gathers
+        # On every rank: it gathers.
+        saved = checkpoint.training_state(state, epoch=epoch, steps_done=steps_done, epoch_totals=epoch_totals)
         if state.rank == 0:
             progress = {"epoch": epoch, "steps_done": steps_done, "stopped_early": state.stopper.should_stop}
             checkpoint.save(folder, state=saved, best_model=state.best, history=state.history, progress=progress)
@@ -193,8 +215,9 @@ def save_and_report(state: LoopState, report: dict[str, float], *, epoch: int, s
         ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=name)
 
 
-def save_before_preemption(state: LoopState, steps_done: int) -> None:
-    """Checkpoint the running epoch's first `steps_done` steps, reported with the last epoch's metrics.
+def save_before_preemption(state: LoopState, steps_done: int, epoch_totals: torch.Tensor | None = None) -> None:
+    """Checkpoint the running epoch's first `steps_done` steps (with this rank's running loss and
+    accuracy totals, so the resumed epoch reports all its steps), reported with the last epoch's metrics.
 
     In the first epoch nothing is measured yet, but the report still carries every metric an epoch
     reports (NaN, which searchers and ASHA skip): Tune rejects a result without the searched metric.
@@ -206,7 +229,8 @@ def save_before_preemption(state: LoopState, steps_done: int) -> None:
     else:
         last = {name: math.nan for name in epoch_metric_names(state)}
         last.update(epoch=state.epoch - 1, lr=state.optimizer.param_groups[-1]["lr"])
-    save_and_report(state, {**last, **_best_so_far(state)}, epoch=state.epoch - 1, steps_done=steps_done)
+    report = {**last, **_best_so_far(state)}
+    save_and_report(state, report, epoch=state.epoch - 1, steps_done=steps_done, epoch_totals=epoch_totals)
 
 
 def begin_epoch(state: LoopState, epoch: int) -> StartedEpoch:
@@ -258,18 +282,28 @@ def train_step(
 def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """One pass over this worker's training batches; returns globally reduced loss, accuracy and data wait.
 
-    Starts at `state.first_step` when resuming inside an epoch. Raises Diverged, on every rank at
-    the same step, when any rank's loss is not finite (GradScaler's skipped fp16 steps have finite
-    losses and are not divergence). Every --preemption-check-steps steps it asks Ray Train whether
-    a node is about to be preempted and, if so, checkpoints once (save_before_preemption).
+    Starts at `state.first_step` when resuming inside an epoch, from the totals of the steps done
+    before; under --deterministic it first reads past the batches those steps trained on (the same
+    batches: Ray Data keeps the order), otherwise it trains on the pass's first batches. Raises
+    Diverged, on every rank at the same step, when any rank's loss is not finite (GradScaler's
+    skipped fp16 steps have finite losses and are not divergence). Every --preemption-check-steps
+    steps it asks Ray Train whether a node is about to be preempted and, if so, checkpoints once
+    (save_before_preemption).
     """
     config = state.config
     state.model.train()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     totals = torch.zeros(3, device=state.device, dtype=torch.float64)  # loss sum, correct, samples
-    data_wait = 0.0
+    if state.resumed_totals is not None:
+        totals += state.resumed_totals.to(state.device)
+        state.resumed_totals = None
     state.optimizer.zero_grad(set_to_none=True)
     iterator = iter(batches)
+    wait_start = time.perf_counter()
+    if config.deterministic:  # Ray has no offset into a pass: read past what was trained on
+        for _ in range(state.first_step):
+            next(iterator, None)
+    data_wait = time.perf_counter() - wait_start
     preemption_saved = False
     for step in range(state.first_step, state.num_steps):
         wait_start = time.perf_counter()
@@ -289,7 +323,7 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
         )
         check_now = (step + 1) % config.preemption_check_steps == 0 and not preemption_saved
         if check_now and ray.train.get_preemption_info() is not None:
-            save_before_preemption(state, step + 1)
+            save_before_preemption(state, step + 1, totals)
             preemption_saved = True
     # Leave the iterator exhausted so Ray Data finishes this epoch's execution cleanly.
     for _ in iterator:

@@ -96,7 +96,7 @@ def write_run_outputs(
         )
     _remove_stale(path for name, path in optional.items() if name not in written)
     written["tensorboard"] = write_tensorboard(run_dir / TB_DIR, table)
-    logger.info("wrote %d run outputs under %s", len(written), run_dir)
+    logger.debug("wrote %d run outputs under %s", len(written), run_dir)
     return written
 
 

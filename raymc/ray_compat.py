@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
-from ray.data import DataContext, ExecutionOptions
+from ray.data import DataContext, ExecutionOptions, RandomSeedConfig
 from ray.train import DataConfig
 from ray.util.placement_group import PlacementGroup
 
@@ -54,14 +54,16 @@ class ExactValidationDataConfig(DataConfig):
         return output
 
 
-def ingest_options() -> ExecutionOptions:
+def ingest_options(*, preserve_order: bool = False) -> ExecutionOptions:
     """Ray Train's default ingest options without `exclude_resources`: DataConfig's own default
     (`default_ingest_options`) copies that deprecated field, which makes Ray 2.60 warn
-    (RayDeprecationWarning, "removed after January") on every run; raymc passes these instead."""
+    (RayDeprecationWarning, "removed after January") on every run; raymc passes these instead.
+    `preserve_order` (--deterministic) makes each worker's rows arrive in the same order every
+    time; Ray then ignores locality when it splits them."""
     current = DataContext.get_current().execution_options
     return ExecutionOptions(
         resource_limits=current.resource_limits,
-        preserve_order=current.preserve_order,
+        preserve_order=preserve_order or current.preserve_order,
         verbose_progress=current.verbose_progress,
     )
 
@@ -82,6 +84,22 @@ def parquet_reader_v1() -> Iterator[None]:
         yield
     finally:
         context.use_datasource_v2 = default
+
+
+# ---------------------------------------------------------------- Ray Data: a block order seeded per epoch
+
+
+def randomize_block_order(rows: ray.data.Dataset, seed: RandomSeedConfig) -> ray.data.Dataset:
+    """`rows.randomize_block_order(seed=seed)` keeping `seed` itself: Ray rebuilds the config it is
+    given as a plain RandomSeedConfig (RandomSeedConfig.create_seed_config), which would drop the
+    epoch-seeded get_seed_tuple of raymc's EpochBlockOrder. This puts it back on the private, frozen
+    logical operator (`Dataset._logical_plan.dag.seed_config`), as the operator's own __post_init__ sets it."""
+    shuffled = rows.randomize_block_order(seed=seed)
+    operator = shuffled._logical_plan.dag
+    if not hasattr(operator, "seed_config"):
+        raise RaymcError(f"this Ray's randomize_block_order operator ({type(operator).__name__}) has no seed_config")
+    object.__setattr__(operator, "seed_config", seed)
+    return shuffled
 
 
 # ---------------------------------------------------------------- errors from Ray tasks

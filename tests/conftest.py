@@ -8,6 +8,7 @@ import pytest
 import ray
 
 import raymc  # noqa: F401  (sets the 127.0.0.1 binding before ray is imported)
+from raymc.cluster import start_local_ray
 
 # Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s after
 # its last epoch; tests run many tiny runs. Set before Ray starts, so its processes inherit it.
@@ -21,8 +22,7 @@ def ray_session():
     default is 10 s, longer than a tiny test run lives, and a gauge ages out 2 intervals after
     its process ends)."""
     if not ray.is_initialized():
-        ray.init(
-            address="local",
+        start_local_ray(
             num_cpus=2,
             include_dashboard=True,
             dashboard_port=0,

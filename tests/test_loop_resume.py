@@ -79,9 +79,11 @@ class Shard:
         return [batch(4), batch(2)]
 
 
-def make_state(*, fp16_scaler: bool = False, rank: int = 0, world_size: int = 1) -> loop.LoopState:
+def make_state(
+    *, fp16_scaler: bool = False, rank: int = 0, world_size: int = 1, deterministic: bool = False
+) -> loop.LoopState:
     """A fresh worker's state, as start_worker leaves it on a CPU (the scaler as on a fp16 GPU if asked)."""
-    config = build_config({"batch": 4, "epochs": 3})
+    config = build_config({"batch": 4, "epochs": 3, "deterministic": deterministic, "preemption_check_steps": 1})
     torch.manual_seed(config.seed)
     core = TwoStream()
     torch.manual_seed(START_SEED)
@@ -179,7 +181,7 @@ def test_each_rank_restores_its_own_generators():
 
 def test_rank_0_gathers_every_ranks_generators_into_the_checkpoint(monkeypatch):
     """With a process group, the checkpoint's list holds each rank's states, in rank order."""
-    other = {"torch": torch.Generator().manual_seed(7).get_state()}
+    other = {"rng": {"torch": torch.Generator().manual_seed(7).get_state()}, "epoch_totals": None}
 
     def all_gather_object(out, mine):
         out[:] = [mine, other]
@@ -191,7 +193,7 @@ def test_rank_0_gathers_every_ranks_generators_into_the_checkpoint(monkeypatch):
     saved = checkpoint.training_state(state, epoch=1, steps_done=0)
     assert len(saved["rng"]) == 2
     assert torch.equal(saved["rng"][0]["torch"], torch.get_rng_state())
-    assert torch.equal(saved["rng"][1]["torch"], other["torch"])
+    assert torch.equal(saved["rng"][1]["torch"], other["rng"]["torch"])
 
 
 def test_another_world_size_seeds_from_seed_rank_and_epoch_and_says_so(reports, monkeypatch, caplog):
@@ -267,3 +269,58 @@ def test_a_later_preemption_reports_the_last_epoch_with_its_best(reports):
     state.epoch = 2
     loop.save_before_preemption(state, steps_done=1)
     assert reports[-1].metrics == {**metrics, "best_epoch": 1, f"best_{state.config.monitor}": 0.5}
+
+
+# ---------------------------------------------------------------- --deterministic: a resume inside an epoch
+
+
+def preempted_after_the_first_step(monkeypatch) -> None:
+    """Ray Train's preemption notice arrives during the epoch's first step (and stays)."""
+    monkeypatch.setattr(ray.train, "get_preemption_info", lambda: SimpleNamespace(reason="PREEMPTION"))
+
+
+def test_a_deterministic_resume_inside_an_epoch_trains_the_batches_it_had_not_and_reports_the_whole_epoch(
+    reports, monkeypatch
+):
+    """The preempted worker checkpoints after step 1 and goes on (as until its node goes): what it
+    ends the epoch with is the uninterrupted run. A new worker resumed from that checkpoint must
+    read past batch 1, train batch 2 only, and report the epoch's loss and accuracy over both."""
+    preempted_after_the_first_step(monkeypatch)
+    epoch = [batch(4), batch(3)]
+    uninterrupted_state = make_state(deterministic=True)
+    uninterrupted = loop.train_one_epoch(uninterrupted_state, epoch)
+    restarted = make_state(deterministic=True)
+    loop.restore(restarted, reports[-1].checkpoint)
+    assert (restarted.epoch, restarted.first_step) == (1, 1)
+    resumed = loop.train_one_epoch(restarted, [batch(4), batch(3)])
+    assert resumed["train_loss"] == uninterrupted["train_loss"]
+    assert resumed["train_acc"] == uninterrupted["train_acc"]
+    for name, tensor in uninterrupted_state.core.state_dict().items():
+        assert torch.equal(restarted.core.state_dict()[name], tensor), name
+
+
+def test_outside_deterministic_a_resumed_epoch_trains_on_the_first_batches_of_the_new_pass(reports, monkeypatch):
+    """Ray Data's order differs between passes there, so skipping would skip other rows: the resumed
+    epoch trains its remaining steps on the pass's first batches (what the README says)."""
+    preempted_after_the_first_step(monkeypatch)
+    loop.train_one_epoch(make_state(), [batch(4), batch(3)])
+    restarted = make_state()
+    loop.restore(restarted, reports[-1].checkpoint)
+    trained_on = []
+    restarted_step = loop.train_step
+
+    def recording_step(state, one_batch, **kwargs):
+        trained_on.append(one_batch["label"].shape[0])
+        return restarted_step(state, one_batch, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", recording_step)
+    loop.train_one_epoch(restarted, [batch(4), batch(3)])
+    assert trained_on == [4]  # the pass's first batch, for the one step left
+
+
+def test_resumed_totals_fall_to_rank_0_when_the_number_of_workers_changed():
+    saved = [torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64), torch.tensor([3.0, 1.0, 4.0], dtype=torch.float64)]
+    assert torch.equal(checkpoint.resumed_totals(saved, rank=1, world_size=2), saved[1])
+    assert checkpoint.resumed_totals(saved, rank=0, world_size=3).tolist() == [4.0, 3.0, 8.0]
+    assert checkpoint.resumed_totals(saved, rank=2, world_size=3).tolist() == [0.0, 0.0, 0.0]
+    assert checkpoint.resumed_totals([None, None], rank=0, world_size=2) is None

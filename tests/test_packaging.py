@@ -35,6 +35,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_default_search_spaces_and_every_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"raymc/tune_spaces/demo_nyu.py", "raymc/tune_spaces/mcresnet_nyu.py"} <= names
+    assert "raymc/ray_data_logging.yaml" in names  # Ray Data's workers read it (raymc.quiet)
     packages = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "raymc").rglob("__init__.py")}
     assert {f"{package}/__init__.py" for package in packages} <= names
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,39 @@ class EpochClock:
 
     def get(self) -> int:
         return self.epoch
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed of (run seed, epoch) for the order of an epoch's data."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@dataclass
+class EpochFileShuffle(FileShuffleConfig):
+    """Ray's file shuffle, seeded by (run seed, epoch) with the epoch read from the EpochClock.
+
+    Ray seeds each pass by how many passes this copy of the dataset has run; a worker group
+    restarted after a failure, or a resubmitted driver, starts a new copy counting from 0 and would
+    replay epoch 1's file order. Ray Data asks for the seed when a pass starts, after every worker
+    has set the clock to the epoch it trains (begin_epoch in raymc.loop).
+    """
+
+    clock: Any = field(default=None, kw_only=True)
+
+    def get_seed(self, execution_idx: int = 0) -> int:
+        return epoch_seed(self.seed, ray.get(self.clock.get.remote()))
+
+
+@dataclass
+class EpochBlockOrder(RandomSeedConfig):
+    """randomize_block_order's seed, by (run seed, epoch) from the EpochClock (as EpochFileShuffle)."""
+
+    clock: Any = field(default=None, kw_only=True)
+
+    def get_seed_tuple(self, *, data_context: ray.data.DataContext):
+        epoch = ray.get(self.clock.get.remote())
+        fixed = RandomSeedConfig(epoch_seed(self.seed, epoch), reseed_after_execution=False)
+        return fixed.get_seed_tuple(data_context=data_context)
 
 
 def start_epoch_clock() -> ray.actor.ActorHandle:
@@ -223,9 +256,22 @@ def _eval_view(
             yield {**eval_batch(rows, image_size=image_size, resize=resize), "index": np.asarray(rows["index"])}
 
 
-def stored_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
+def stored_rows(
+    source: DataSource, spec: DataSpec, split: str, config: TrainConfig, *, shuffle: FileShuffleConfig | None = None
+) -> ray.data.Dataset:
     """One split's rows as stored: {rgb, [depth], label, index} for NYU, {image bytes or path,
-    label, index} for ImageNet."""
+    label, index} for ImageNet. `shuffle` orders a prepared folder's shards anew for each pass
+    (training's: EpochFileShuffle); without it they are read in the stored order. Under
+    --deterministic every pass of the rows and of what is built on them (--cache's
+    materialization included) keeps their order."""
+    rows = _stored_rows(source, spec, split, config, shuffle)
+    rows.context.execution_options.preserve_order = config.deterministic  # the dataset's own context
+    return rows
+
+
+def _stored_rows(
+    source: DataSource, spec: DataSpec, split: str, config: TrainConfig, shuffle: FileShuffleConfig | None
+) -> ray.data.Dataset:
     # Imported here, on the driver: ray_compat imports Ray Tune, which the Ray Data workers that
     # import this module for its views do not need (1.5 s and 190 MB each, measured).
     from raymc.ray_compat import parquet_reader_v1
@@ -233,7 +279,6 @@ def stored_rows(source: DataSource, spec: DataSpec, split: str, config: TrainCon
     if not source.prepared:
         seed = config.seed if split == TRAIN_SPLIT else None
         return imagenet.image_folder_dataset(source.folder_index, split, seed=seed)
-    shuffle = FileShuffleConfig(seed=config.seed) if split == TRAIN_SPLIT else None
     columns = ["label", "index", "split", *(s.column for s in spec.streams)]
     if source.kind == "imagenet":
         columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
@@ -281,7 +326,11 @@ def build_datasets(
     With --cache, the decoded training rows and the validation view (the same every epoch) are
     materialized once, so each epoch only augments: no reading or decoding, no validation pipeline.
     """
-    rows = stored_rows(source, spec, TRAIN_SPLIT, config)
+    from raymc.ray_compat import randomize_block_order  # on the driver only, as in stored_rows
+
+    # --cache reads the files once, in their stored order; its block order is shuffled per epoch below.
+    shuffle = None if config.cache else EpochFileShuffle(config.seed, clock=clock)
+    rows = stored_rows(source, spec, TRAIN_SPLIT, config, shuffle=shuffle)
     decode = _decode_args(source, TRAIN_SPLIT, config)
     val = eval_rows(source, spec, spec.val_split, config)
     if config.cache:
@@ -295,8 +344,8 @@ def build_datasets(
     if config.cache or not source.prepared:
         # Rows held in memory (--cache's, or a folder's table of paths) would come in the same block
         # order every pass, leaving only the local shuffle buffer to vary an epoch; Parquet reads
-        # get a new file order per pass from their FileShuffleConfig instead.
-        rows = rows.randomize_block_order(seed=RandomSeedConfig(config.seed, reseed_after_execution=True))
+        # get a new file order per epoch from their EpochFileShuffle instead.
+        rows = randomize_block_order(rows, EpochBlockOrder(config.seed, clock=clock))
     train = _view(
         rows,
         _train_view,

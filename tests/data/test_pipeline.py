@@ -62,7 +62,13 @@ def test_the_epoch_clock_lives_on_the_drivers_node_and_comes_back_when_killed(ra
     """A run survives losing the clock's node: the clock restarts and calls made meanwhile are retried."""
     clock = start_epoch_clock()
     ray.get(clock.set.remote(3))
-    (actor,) = [a for a in list_actors(filters=[("class_name", "=", "EpochClock"), ("state", "=", "ALIVE")])]
+    (actor,) = [
+        a
+        for a in list_actors(
+            address=ray.get_runtime_context().gcs_address,  # this session's cluster, never "the latest"
+            filters=[("class_name", "=", "EpochClock"), ("state", "=", "ALIVE")],
+        )
+    ]
     assert actor.node_id == ray.get_runtime_context().get_node_id()
     ray.kill(clock, no_restart=False)
     deadline = time.monotonic() + 60

@@ -36,15 +36,25 @@ def _epoch(dataset: ray.data.Dataset) -> dict[int, np.ndarray]:
     return rows
 
 
-def _row_order(train: ray.data.Dataset) -> list[bytes]:
-    """The training views of one pass, in the order they come (the clock's epoch fixes the views)."""
-    return [rgb.tobytes() for b in train.iter_batches(batch_size=None, batch_format="numpy") for rgb in b["rgb"]]
+def _row_order(train: ray.data.Dataset, clock, epoch: int) -> list[tuple[int, bytes]]:
+    """(label, training view) of each row of one pass of `epoch`, in the order they come; the
+    dataset keeps its order (as under --deterministic), so the order is the plan's alone."""
+    ray.get(clock.set.remote(epoch))
+    train.context.execution_options.preserve_order = True
+    batches = train.iter_batches(batch_size=None, batch_format="numpy")
+    return [(int(label), rgb.tobytes()) for b in batches for label, rgb in zip(b["label"], b["rgb"], strict=True)]
 
 
-def _assert_new_order_each_pass(train: ray.data.Dataset) -> None:
-    first, second = _row_order(train), _row_order(train)
-    assert sorted(first) == sorted(second), "a pass lost or repeated rows"
-    assert first != second, "two passes came in the same order"
+def _assert_order_follows_the_epoch(build, clock) -> None:
+    """An epoch's row order depends on (seed, epoch) only: not on how many passes ran before, nor
+    on whether the dataset was built anew (a restarted worker group, a resubmitted driver)."""
+    first = _row_order(build(), clock, 5)
+    train = build()
+    _row_order(train, clock, 1)  # another epoch ran first on this copy
+    assert _row_order(train, clock, 5) == first, "an epoch's order changed with the passes before it"
+    later = [label for label, _ in _row_order(train, clock, 6)]
+    assert sorted(later) == sorted(label for label, _ in first), "a pass lost or repeated rows"
+    assert later != [label for label, _ in first], "two epochs came in the same order"
 
 
 def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_nyu):
@@ -58,7 +68,7 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert sum(labels) == spec.num_train
     operators = streamed["train"].stats()
     assert "ReadParquet->MapBatches(_train_view)" in operators, operators  # full-size pixels stay in the task
-    _assert_new_order_each_pass(streamed["train"])
+    _assert_order_follows_the_epoch(lambda: build_datasets(source, spec, config, clock)["train"], clock)
 
     cached = build_datasets(source, spec, dataclasses.replace(config, cache=True), clock)
     assert isinstance(cached["val"], MaterializedDataset)
@@ -67,7 +77,8 @@ def test_reading_and_augmenting_fuse_and_the_cache_serves_the_same_views(tiny_ny
     assert all(np.array_equal(val_streamed[i], val_cached[i]) for i in val_cached)
     train = cached["train"].take_all()
     assert len(train) == spec.num_train and train[0]["rgb"].shape == (3, 32, 32)
-    _assert_new_order_each_pass(cached["train"])
+    cached_config = dataclasses.replace(config, cache=True, deterministic=True)  # materialized in order
+    _assert_order_follows_the_epoch(lambda: build_datasets(source, spec, cached_config, clock)["train"], clock)
     ray.kill(clock)
 
 
@@ -118,5 +129,7 @@ def test_imagenet_shards_are_read_decoded_and_augmented_in_one_task(tmp_path, ra
     folder = DataSource("imagenet", str(demo), folder_index=scan_image_folder(demo))
     folder_train = build_datasets(folder, data_spec(dataset_info(folder)), config, clock)["train"]
     assert _view_tasks(folder_train, spec.num_train) == shards
-    _assert_new_order_each_pass(folder_train)
+    _assert_order_follows_the_epoch(
+        lambda: build_datasets(folder, data_spec(dataset_info(folder)), config, clock)["train"], clock
+    )
     ray.kill(clock)
