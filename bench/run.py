@@ -9,7 +9,8 @@
 Peak resident memory of the consumer and of the workers feeding it is in the table's columns.
 Each figure is the median of --reps repetitions (min - max beside it). The last line holds the
 ratios: nyu and imagenet_* are raymc / alternative samples per second (above 1: raymc is faster),
-overhead is raymc / plain epoch time (below 1.10 is the target).
+overhead is raymc / plain epoch time (below 1.10 is the target), deterministic is raymc with / without
+--deterministic epoch time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import train_overhead
 from common import Row, stats
 
 BENCHES = {"nyu": nyu_ingest, "imagenet": imagenet_ingest, "overhead": train_overhead}
-RATIO_ORDER = ("nyu", "imagenet_parquet", "imagenet_folder", "overhead")
+RATIO_ORDER = ("nyu", "imagenet_parquet", "imagenet_folder", "overhead", "deterministic")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

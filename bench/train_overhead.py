@@ -5,7 +5,8 @@ loop with the same model, batch size, optimizer, AMP setting and torch threads.
 
 raymc: `run_training` with one worker and `--cache`, its way of holding the data in memory (the
 decoded training rows and the validation view in Ray's object store; augmentation still runs every
-epoch, in Ray Data tasks beside the worker); its history gives each epoch's time (train +
+epoch, in Ray Data tasks beside the worker); it runs once more with --deterministic, whose cost is
+reported as a ratio of the two; its history gives each epoch's time (train +
 validation) and training images/s; epochs after the first are steady state. Ray's start-up and
 `fit()`'s fixed cost (worker group, caching, checkpoints, the controller's 2 s polls) are reported
 apart. Plain loop: the same model from `build_model`, the training and validation batches held in
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         with ResourceMeter() as memory, stopwatch() as fit_s:
             result = run_training(config)
         raymc_memory = memory.peaks
+        exact = run_training(dataclasses.replace(config, deterministic=True, name="bench-train-overhead-exact"))
 
         torch.set_num_threads(threads)
         with ResourceMeter() as memory:
@@ -192,6 +194,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     images = len(train) * config.batch
     raymc_train = stats([images / row["images_per_s"] for row in steady])
     raymc_epoch = stats([row["epoch_time_s"] for row in steady])
+    exact_epoch = stats([row["epoch_time_s"] for row in exact.history[1:]])
     plain_train, plain_epoch_s = stats([r[0] for r, _ in timed]), stats([r[1] for r, _ in timed])
     augmenting_train, augmenting_epoch = stats([a[0] for _, a in timed]), stats([a[1] for _, a in timed])
     wait = sum(row["data_wait_s"] for row in steady) / sum(images / row["images_per_s"] for row in steady)
@@ -211,6 +214,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
             f"epochs 2-{len(history)}",
             consumer="train_worker",
             workers="ray_workers",
+        ),
+        Row(
+            BENCH,
+            "raymc --cache --deterministic: epoch (train + val)",
+            "s",
+            exact_epoch,
+            note=f"{exact_epoch.ratio(raymc_epoch):.2f}x the run without --deterministic",
         ),
         Row(BENCH, "plain loop: training part", "s", plain_train),
         Row(BENCH, "raymc --cache: training part", "s", raymc_train, note=f"data wait {100 * wait:.1f}% of it"),
@@ -232,7 +242,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     ]
     if ray_start_s is not None:
         rows.append(Row(BENCH, "Ray start-up", "s", stats([ray_start_s])))
-    return rows, {"overhead": raymc_epoch.ratio(plain_epoch_s)}
+    return rows, {"overhead": raymc_epoch.ratio(plain_epoch_s), "deterministic": exact_epoch.ratio(raymc_epoch)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -60,7 +60,10 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
     every process of the job RAY_ADDRESS: none of them searches. The driver's own environment is
     left alone, so subprocesses it starts (and connected_to_cluster) still see no cluster.
     """
-    port = _free_port()
+    from raymc.ray_compat import bind_local_ray_to_loopback  # imports Ray Tune: only when starting Ray
+
+    bind_local_ray_to_loopback()
+    port = free_port()
     env_vars = {"RAY_ADDRESS": f"{LOOPBACK}:{port}", **quiet.LOCAL_RAY_ENV}
     with _environment({GCS_PORT_VARIABLE: str(port)}):
         return ray.init(
@@ -71,7 +74,7 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))

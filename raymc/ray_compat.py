@@ -30,6 +30,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------- Ray core: a local Ray on 127.0.0.1
+
+
+def bind_local_ray_to_loopback() -> None:
+    """Make the local Ray about to start bind to 127.0.0.1, even if `ray` was imported before
+    `raymc` set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray reads that switch once, into the private
+    `ray._private.ray_constants.ENABLE_RAY_CLUSTER`, when it is imported, and otherwise turns
+    127.0.0.1 into the machine's address (services.resolve_ip_for_localhost)."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 # ---------------------------------------------------------------- Ray Train: data splits
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 # Ray forwards its own processes' log lines to the driver's stderr, e.g. "(pid=gcs_server) ..." or
 # "(raylet) ...", possibly coloured; they are Ray's output, not the CLI's.
@@ -15,3 +18,29 @@ def raymc_stderr(capsys: pytest.CaptureFixture) -> str:
     """What the code under test wrote to stderr, without the log lines Ray forwards from its processes."""
     lines = capsys.readouterr().err.splitlines(keepends=True)
     return "".join(line for line in lines if not RAY_FORWARDED_LINE.match(line))
+
+
+# What --deterministic promises to reproduce in every row of history.csv.
+EXACT_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc")
+
+
+def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
+    """Two published runs trained the same: equal metrics in every epoch of history.csv, equal best
+    weights, and equal final weights (the newest checkpoint's state.pt)."""
+    history = pd.read_csv(run_dir / "history.csv")
+    reference = pd.read_csv(reference_dir / "history.csv")
+    assert history["epoch"].tolist() == reference["epoch"].tolist()
+    for name in EXACT_METRICS:
+        assert history[name].tolist() == reference[name].tolist(), name
+    for weights in ("best_model.pt", "state.pt"):
+        ours, theirs = _weights(run_dir, weights), _weights(reference_dir, weights)
+        assert ours.keys() == theirs.keys()
+        different = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+        assert not different, f"{weights}: {different[:5]}"
+
+
+def _weights(run_dir: Path, file: str) -> dict[str, torch.Tensor]:
+    if file == "best_model.pt":
+        return torch.load(run_dir / file, weights_only=True)["state_dict"]
+    (newest,) = sorted(run_dir.glob("checkpoint_epoch_*"))[-1:]
+    return torch.load(newest / file, weights_only=True)["model"]

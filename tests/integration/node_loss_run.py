@@ -5,11 +5,14 @@ two workers, with --max-failures 2, loses two nodes:
 1. in epoch 2, the node holding the workers is drained with reason PREEMPTION (as a cloud's spot
    reclaim notice does): the workers checkpoint mid-epoch, then the node is removed;
 2. in epoch 3, the node the run recovered on dies without notice.
-The run recovers on the next node each time. Prints the epochs it ran.
+The run recovers on the next node each time. It is --deterministic, and the same settings then run
+once more without interruption (run "reference"), which test_fault_tolerance compares it with.
+Prints the epochs it ran.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -78,6 +81,7 @@ def main(workdir: Path) -> None:
                 "lr": 0.01,
                 "max_failures": 2,
                 "preemption_check_steps": 3,
+                "deterministic": True,
             }
         )
 
@@ -102,6 +106,7 @@ def main(workdir: Path) -> None:
         threading.Thread(target=lose_two_nodes, daemon=True).start()
         result = run_training(config)
         print("EPOCHS", json.dumps([row["epoch"] for row in result.history]))
+        run_training(dataclasses.replace(config, name="reference"))
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -19,6 +19,7 @@ from ray.util.state import list_actors
 from raymc.config import build_config
 from raymc.errors import RaymcError
 from raymc.train import run_training
+from tests.helpers import assert_same_training
 from tests.integration.registered import registered_epochs
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,11 @@ def kill_a_worker_after_a_checkpoint(run_dir: Path, *, after_epochs: int) -> thr
     return thread
 
 
-def test_killed_worker_fails_cleanly_then_recovers_with_max_failures(tiny_nyu, tmp_path):
-    settings = {"data": tiny_nyu, "out": str(tmp_path), "name": "ft", "epochs": 3, **TINY}
+def test_killed_worker_fails_cleanly_then_recovers_with_max_failures_exactly(tiny_nyu, tmp_path):
+    """A killed worker stops a run; the same command run again (a resubmitted driver) resumes it,
+    and with --max-failures a second kill only restarts the workers. Under --deterministic the
+    result is the run that was never interrupted."""
+    settings = {"data": tiny_nyu, "out": str(tmp_path), "name": "ft", "epochs": 3, "deterministic": True, **TINY}
     killer = kill_a_worker_after_a_checkpoint(tmp_path / "ft", after_epochs=1)
     with pytest.raises(RaymcError, match="failed.*checkpoints .* stay usable"):
         run_training(build_config(settings))
@@ -60,6 +64,8 @@ def test_killed_worker_fails_cleanly_then_recovers_with_max_failures(tiny_nyu, t
     result = run_training(build_config({**settings, "max_failures": 1}))
     killer.join()
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    run_training(build_config({**settings, "name": "reference"}))
+    assert_same_training(tmp_path / "ft", tmp_path / "reference")
 
 
 def test_diverging_loss_stops_the_run_with_a_clear_error(tiny_nyu, tmp_path):
@@ -71,32 +77,39 @@ def test_diverging_loss_stops_the_run_with_a_clear_error(tiny_nyu, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def node_losses(tmp_path_factory) -> tuple[list[int], str]:
+def node_losses(tmp_path_factory) -> tuple[list[int], str, Path]:
     """Run node_loss_run.py once (its own process: a driver joins one cluster at a time): one run
-    that is preempted in epoch 2 and loses a node without notice in epoch 3. Returns the epochs
-    of its history and its log."""
+    that is preempted in epoch 2 and loses a node without notice in epoch 3, then its uninterrupted
+    reference. Returns the epochs of its history, its log and the runs' folder."""
     script = Path(__file__).with_name("node_loss_run.py")
+    workdir = tmp_path_factory.mktemp("node_loss")
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path_factory.mktemp("node_loss"))],
+        [sys.executable, str(script), str(workdir)],
         capture_output=True,
         text=True,
         timeout=600,
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.split("EPOCHS", 1)[1].strip().splitlines()[0]), done.stdout + done.stderr
+    epochs = json.loads(done.stdout.split("EPOCHS", 1)[1].strip().splitlines()[0])
+    return epochs, done.stdout + done.stderr, workdir / "runs"
 
 
 def test_preemption_notice_checkpoints_mid_epoch_before_the_node_goes(node_losses):
-    epochs, log = node_losses
+    epochs, log, _ = node_losses
     assert "PREEMPTED" in log
     assert "a node is about to be preempted: checkpointing after" in log
     assert re.search(r"resumed from the checkpoint of epoch 1 \(\+[1-9]\d* steps\)", log)
     assert epochs == [1, 2, 3]
 
 
+def test_a_deterministic_run_preempted_mid_epoch_and_losing_a_node_equals_the_uninterrupted_one(node_losses):
+    _, _, runs = node_losses
+    assert_same_training(runs / "node-loss", runs / "reference")
+
+
 def test_losing_a_node_mid_run_recovers_with_max_failures(node_losses):
-    epochs, log = node_losses
+    epochs, log, _ = node_losses
     assert "LOST" in log
     assert "resumed from the checkpoint of epoch 2 (+0 steps)" in log
     assert epochs == [1, 2, 3]  # every epoch once, across both failures
