@@ -11,18 +11,43 @@ from typing import Any
 
 import ray
 
-from raymc import quiet
+from raymc import quiet, storage
+from raymc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node's GCS
+ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"  # the standard AWS variable for an S3-compatible endpoint
 
 
 def connected_to_cluster() -> bool:
     """Whether raymc runs on a cluster it connected to (RAY_ADDRESS, as under `ray job submit`),
     which may autoscale, rather than on a local Ray it started, which can never grow."""
     return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def alive_nodes() -> int:
+    """Nodes of the connected Ray that are alive now."""
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def check_shared_paths(locations: dict[str, str], *, shared_fs: bool, nodes: int) -> None:
+    """Refuse local paths on a cluster of several nodes: Ray tasks and workers on other nodes would
+    read or write them on their own disks (and fail there with pyarrow's or h5py's errors).
+
+    `locations` maps each flag (or what names the path) to its value; URIs always pass, and so does
+    everything when the user says the paths are mounted on every node (--shared-fs).
+    """
+    if shared_fs or nodes <= 1:
+        return
+    for flag, location in locations.items():
+        if not storage.is_uri(location):
+            raise ConfigError(
+                f"{flag} {location} is a local path, but this Ray cluster has {nodes} nodes, whose tasks "
+                f"would each use their own disk; use an s3:// or gs:// URI, or pass --shared-fs if the path "
+                f"is mounted at the same place on every node"
+            )
 
 
 def init_ray(*, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -64,7 +89,7 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
 
     bind_local_ray_to_loopback()
     port = free_port()
-    env_vars = {"RAY_ADDRESS": f"{LOOPBACK}:{port}", **quiet.LOCAL_RAY_ENV}
+    env_vars = {"RAY_ADDRESS": f"{LOOPBACK}:{port}", **quiet.LOCAL_RAY_ENV, **storage_endpoint_env()}
     with _environment({GCS_PORT_VARIABLE: str(port)}):
         return ray.init(
             address="local",
@@ -72,6 +97,15 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
             runtime_env={"env_vars": env_vars},
             **init_kwargs,
         )
+
+
+def storage_endpoint_env() -> dict[str, str]:
+    """The S3-compatible endpoint (MinIO, Ceph, R2, a test server) the driver uses, for the Ray
+    processes that read and write the same URIs. Only the endpoint: credentials never travel in a
+    runtime_env (Ray records it in the dashboard); every process takes them from its own
+    environment, profile or instance role."""
+    endpoint = os.environ.get(ENDPOINT_VARIABLE)
+    return {ENDPOINT_VARIABLE: endpoint} if endpoint else {}
 
 
 def free_port() -> int:

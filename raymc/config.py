@@ -154,6 +154,12 @@ class TrainConfig:
     max_failures: int = setting(
         0, "restart from the newest checkpoint after up to this many worker or node failures", group="resources"
     )
+    shared_fs: bool = setting(
+        False,
+        "local paths (--data, --out, the demo cache) are mounted at the same place on every node; without it "
+        "a cluster of several nodes takes only URIs (s3://, gs://, ...)",
+        group="resources",
+    )
     preemption_check_steps: int = setting(
         50,
         "every this many steps the workers ask Ray Train whether a node is about to be preempted "
@@ -219,6 +225,7 @@ PLACEMENT_SETTINGS = (
     "cpus_per_worker",
     "max_failures",
     "preemption_check_steps",
+    "shared_fs",
 )
 
 

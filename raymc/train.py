@@ -17,7 +17,7 @@ from raymc import storage
 from raymc.cluster import connected_to_cluster, init_ray
 from raymc.config import TrainConfig, add_config_arguments, build_config
 from raymc.data.pipeline import data_spec, dataset_info
-from raymc.data.sources import resolve_data
+from raymc.data.sources import check_shared_storage, resolve_data
 from raymc.driver import (
     TrainingResult,
     check_batch_fits,
@@ -40,6 +40,7 @@ def run_training(config: TrainConfig) -> TrainingResult:
     """Everything `python -m raymc.train` does after parsing flags; also the Python API's core."""
     started = time.perf_counter()
     init_ray()
+    check_shared_storage(config)
     resources = worker_resources(config, connected=connected_to_cluster())  # before any data is prepared
     config, source = resolve_data(config)
     spec = data_spec(dataset_info(source))

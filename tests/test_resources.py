@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from raymc.cluster import check_shared_paths
 from raymc.config import TrainConfig
 from raymc.data.pipeline import DataSpec
+from raymc.data.sources import shared_locations
 from raymc.driver import check_batch_fits
 from raymc.errors import ConfigError
 from raymc.resources import check_placement, plan_resources, plan_trials, worker_resources
@@ -105,3 +107,24 @@ def test_the_demo_batch_is_not_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="raymc.driver"):
         check_batch_fits(TrainConfig(batch=32), spec, 2)
     assert caplog.text == ""
+
+
+# ---------------------------------------------------------------- local paths on several nodes
+
+
+def test_local_paths_pass_on_one_node_and_with_shared_fs_and_uris_always():
+    check_shared_paths({"--data": "/data/nyu"}, shared_fs=False, nodes=1)
+    check_shared_paths({"--data": "/data/nyu"}, shared_fs=True, nodes=8)
+    check_shared_paths({"--data": "s3://bkt/nyu", "--out": "gs://bkt/runs"}, shared_fs=False, nodes=8)
+
+
+def test_a_local_path_on_several_nodes_is_refused_naming_the_flag():
+    refused = r"^--out ./runs is a local path, but this Ray cluster has 3 nodes.*shared-fs"
+    with pytest.raises(ConfigError, match=refused):
+        check_shared_paths({"--data": "s3://bkt/nyu", "--out": "./runs"}, shared_fs=False, nodes=3)
+
+
+def test_the_demo_data_and_a_mat_file_go_through_the_data_cache():
+    assert set(shared_locations(TrainConfig())) == {"--out", "the data cache (RAYMC_CACHE)"}
+    assert "the data cache (RAYMC_CACHE)" in shared_locations(TrainConfig(data="s3://b/nyu.mat"))
+    assert set(shared_locations(TrainConfig(data="s3://b/prepared"))) == {"--out", "--data"}

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from raymc import storage
+from raymc.cluster import alive_nodes, check_shared_paths
 from raymc.config import TrainConfig
 from raymc.data.demo import write_demo_nyu
 from raymc.data.imagenet import scan_image_folder
@@ -18,6 +19,7 @@ from raymc.data.nyu_prepare import prepared_nyu_cache
 from raymc.data.pipeline import DataSource, read_dataset_info
 from raymc.errors import ConfigError, DataError
 from raymc.models import family_for_streams, model_family
+from raymc.pretrained import locate
 
 DEMO_NYU_SAMPLES = 480
 DEMO_NYU_SEED = 0
@@ -68,6 +70,22 @@ def _find_source(config: TrainConfig) -> DataSource:
     )
 
 
+def shared_locations(config: TrainConfig) -> dict[str, str]:
+    """What a run's Ray tasks and workers on any node read or write, by the flag that names it: the
+    data, the cache a demo set or .mat file is prepared into, and the run folder's storage path."""
+    locations = {"--out": config.out}
+    if config.data is not None:
+        locations["--data"] = config.data
+    if config.data is None or config.data.lower().endswith(".mat"):
+        locations["the data cache (RAYMC_CACHE)"] = str(cache_root())
+    return locations
+
+
+def check_shared_storage(config: TrainConfig) -> None:
+    """On a cluster of several nodes, refuse local paths the other nodes cannot see (unless --shared-fs)."""
+    check_shared_paths(shared_locations(config), shared_fs=config.shared_fs, nodes=alive_nodes())
+
+
 def resolve_data(config: TrainConfig) -> tuple[TrainConfig, DataSource]:
     """Locate the data and fill the settings that depend on it (dataset kind, default model)."""
     source = _find_source(config)
@@ -82,4 +100,4 @@ def resolve_data(config: TrainConfig) -> tuple[TrainConfig, DataSource]:
             f"--model {model} does not fit {source.kind} data ({streams_needed} input stream(s)); "
             f"use an {family_for_streams(streams_needed).name} model"
         )
-    return dataclasses.replace(config, dataset=source.kind, model=model), source
+    return dataclasses.replace(config, dataset=source.kind, model=model, pretrained=locate(config.pretrained)), source

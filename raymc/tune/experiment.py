@@ -30,7 +30,7 @@ from raymc import storage
 from raymc.cluster import connected_to_cluster, init_ray
 from raymc.config import TrainConfig, changed_settings, with_params
 from raymc.data.pipeline import DataSource, DataSpec, data_spec, dataset_info
-from raymc.data.sources import resolve_data
+from raymc.data.sources import check_shared_storage, resolve_data
 from raymc.driver import check_batch_fits, check_resumable, default_run_config, make_trainer, publish
 from raymc.errors import ConfigError, RaymcError
 from raymc.ray_compat import PlacementGroupSweeper, sweep_placement_groups
@@ -231,6 +231,7 @@ def run_search(config: TrainConfig, settings: SearchSettings, space: SearchSpace
     space = space or load_space(settings.space)
     settings.validate(config)
     init_ray()
+    check_shared_storage(config)
     max_concurrent, resources = plan_trials(  # before any data is prepared
         config, ray.cluster_resources(), settings.max_concurrent_trials, connected=connected_to_cluster()
     )

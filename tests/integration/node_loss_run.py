@@ -28,6 +28,7 @@ import raymc  # noqa: F401  (binds the cluster to 127.0.0.1 before ray is import
 from raymc.config import build_config
 from raymc.data.demo import write_demo_nyu
 from raymc.data.nyu_prepare import prepare_nyu
+from raymc.errors import ConfigError
 from raymc.train import run_training
 
 DEADLINE_S = 300
@@ -84,6 +85,11 @@ def main(workdir: Path) -> None:
                 "deterministic": True,
             }
         )
+        try:  # four nodes, local paths, no --shared-fs: refused before anything runs
+            run_training(config)
+        except ConfigError as refused:
+            print("REFUSED", refused, flush=True)
+        config = dataclasses.replace(config, shared_fs=True)  # the simulated nodes share this disk
 
         def remove(node_id: str) -> None:
             cluster.remove_node(next(node for node in nodes if node.node_id == node_id))

@@ -108,6 +108,11 @@ def test_a_deterministic_run_preempted_mid_epoch_and_losing_a_node_equals_the_un
     assert_same_training(runs / "node-loss", runs / "reference")
 
 
+def test_local_paths_on_several_nodes_are_refused_without_shared_fs(node_losses):
+    _, log, _ = node_losses
+    assert re.search(r"REFUSED --out \S+ is a local path, but this Ray cluster has 4 nodes.*--shared-fs", log)
+
+
 def test_losing_a_node_mid_run_recovers_with_max_failures(node_losses):
     epochs, log, _ = node_losses
     assert "LOST" in log
