@@ -121,6 +121,7 @@ def best_model(state: LoopState, metrics: dict[str, float], evaluation: dict[str
         "config": config.to_dict(),
         "epoch": state.epoch,
         "metrics": metrics,
+        "pretrained": state.pretrained,
         **evaluation,
     }
 

@@ -88,6 +88,17 @@ class TrainConfig:
         group="model",
         choices=("row", "batch"),
     )
+    pretrained: str | None = setting(
+        None,
+        "initialize the model from imagenet (torchvision's ImageNet weights of the same ResNet depth, "
+        "read from the torch hub cache, downloaded into it when online), a torchvision state_dict .pth, or a "
+        "raymc best_model.pt, run folder or checkpoint_epoch_NNNN folder (local path or URI); the depth trunk "
+        "of an RGB source averages conv1 over the colour channels, and the head (and MCResNet's fusion) starts "
+        "fresh unless the source is the same model with the same classes. Without explicit learning rates the "
+        "pretrained trunks train at 0.1x the base rate (--lr or its default) and the head and fusion at the "
+        "base rate (default: random initialization)",
+        group="model",
+    )
 
     # optimisation
     epochs: int = setting(90, "number of epochs", group="optimisation")
@@ -114,6 +125,13 @@ class TrainConfig:
     )
     stream1_lr: float | None = setting(None, "MCResNet: learning rate of the RGB trunk", group="optimisation")
     stream2_lr: float | None = setting(None, "MCResNet: learning rate of the depth trunk", group="optimisation")
+    head_lr: float | None = setting(
+        None,
+        "learning rate of the classifier head (and MCResNet's fusion), apart from the trunks (default: the base "
+        "rate, --lr or its default; with --pretrained the trunks then train at 0.1x the base rate unless "
+        "--stream1-lr/--stream2-lr set them)",
+        group="optimisation",
+    )
     mixed_precision: bool = setting(
         True, "automatic mixed precision on GPUs (bf16 where supported; CPU runs in fp32)", group="optimisation"
     )
@@ -352,7 +370,7 @@ def validate(config: TrainConfig) -> None:
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{flag_names(name)[0]} must be at least 1, got {getattr(config, name)}")
-    for name in ("lr", "stream1_lr", "stream2_lr", "grad_clip_norm", "cpus_per_worker"):
+    for name in ("lr", "stream1_lr", "stream2_lr", "head_lr", "grad_clip_norm", "cpus_per_worker"):
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{flag_names(name)[0]} must be positive, got {value}")

@@ -167,6 +167,7 @@ def _summary(
         "final_metrics": last,
         "pathways": best.get("pathways"),
         "num_params": best["num_params"],
+        "pretrained": best.get("pretrained"),
         "train_time_s": sum(row["epoch_time_s"] for row in history),
         "wall_time_s": elapsed,
     }

@@ -38,6 +38,7 @@ from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
 from raymc.precision import Precision
+from raymc.pretrained import initialize
 from raymc.quiet import quiet_train_worker
 from raymc.telemetry import TrainingTelemetry
 
@@ -80,6 +81,7 @@ class LoopState:
     epoch: int = 1  # the epoch running, or the first to run
     first_step: int = 0  # steps of `epoch` a preempted run had done before it stopped
     resumed_totals: torch.Tensor | None = None  # this rank's [loss sum, correct, samples] of those steps
+    pretrained: dict[str, Any] | None = None  # what --pretrained loaded (PretrainedRecord.to_dict), for summary.json
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -149,6 +151,9 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     core = build_model(config.model, **model_kwargs(config, spec.num_classes))
+    pretrained = initialize(core, config.pretrained, model_name=config.model, classes=spec.classes)
+    if pretrained is not None and rank == 0:
+        logger.info(pretrained.log_line())
     if device.type == "cuda":
         core = core.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(core)
@@ -176,6 +181,7 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
         scheduler=build_scheduler(optimizer, config, math.ceil(num_steps / config.grad_accum_steps)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_scaler),
         stopper=EarlyStopping(config.monitor, config.patience, config.min_delta),
+        pretrained=pretrained.to_dict() if pretrained is not None else None,
     )
 
 

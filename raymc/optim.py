@@ -1,4 +1,4 @@
-"""Optimizer with per-stream learning rates, and the per-iteration warmup + cosine schedule."""
+"""Optimizer with per-part learning rates (trunks, head), and the per-iteration warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -12,14 +12,28 @@ from raymc.config import TrainConfig
 
 # Warmup starts at this fraction of the base rate (LinearLR needs a positive start factor).
 WARMUP_START_FACTOR = 1e-3
+# A --pretrained run's trunks train at this fraction of the base rate unless their own flag sets it:
+# they already hold features, and the new head is what has to move far.
+PRETRAINED_TRUNK_LR_SCALE = 0.1
+# Parameter groups (MCResNet's and SDResNet's `parameter_groups`) that --pretrained starts fresh
+# on other classes: they train at --head-lr, else at the base rate.
+HEAD_GROUPS = ("shared", "head")
+
+
+def _group_lr(name: str, config: TrainConfig) -> float:
+    """A group's rate: its own flag when given, else the base rate (the trunks' scaled for --pretrained)."""
+    own = {"stream1": config.stream1_lr, "stream2": config.stream2_lr, **dict.fromkeys(HEAD_GROUPS, config.head_lr)}
+    if own.get(name) is not None:
+        return own[name]
+    if name in HEAD_GROUPS or not config.pretrained:
+        return config.base_lr
+    return PRETRAINED_TRUNK_LR_SCALE * config.base_lr
 
 
 def _named_groups(model: nn.Module, config: TrainConfig) -> list[tuple[str, list[nn.Parameter], float]]:
-    """(name, parameters, lr) per stream for two-stream models, one group otherwise."""
-    if hasattr(model, "parameter_groups"):
-        lrs = {"stream1": config.stream1_lr, "stream2": config.stream2_lr, "shared": None}
-        return [(name, params, lrs[name] or config.base_lr) for name, params in model.parameter_groups().items()]
-    return [("all", list(model.parameters()), config.base_lr)]
+    """(name, parameters, lr) per part of the model (trunks, head), one group for a model without parts."""
+    parts = model.parameter_groups() if hasattr(model, "parameter_groups") else {"all": list(model.parameters())}
+    return [(name, params, _group_lr(name, config)) for name, params in parts.items()]
 
 
 def _is_norm_or_bias(module: nn.Module, param_name: str) -> bool:

@@ -78,3 +78,31 @@ def test_adamw_and_nesterov():
     assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
     assert TrainConfig(optimizer="adamw", batch=256).base_lr == pytest.approx(1e-3)
     assert math.isclose(TrainConfig(batch=128).base_lr, 0.05)
+
+
+def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g["group_name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def test_pretrained_mc_trunks_train_at_a_tenth_of_the_default_and_flags_override_each_part():
+    model = build_model("mc_resnet18", num_classes=3)
+    pretrained = TrainConfig(pretrained="imagenet", batch=256)
+    assert _lrs(build_optimizer(model, pretrained)) == pytest.approx({"stream1": 0.01, "stream2": 0.01, "shared": 0.1})
+    explicit = TrainConfig(pretrained="imagenet", lr=0.2, stream1_lr=0.05, head_lr=0.3)
+    assert _lrs(build_optimizer(model, explicit)) == pytest.approx({"stream1": 0.05, "stream2": 0.02, "shared": 0.3})
+    scratch = TrainConfig(lr=0.2, head_lr=0.3)
+    assert _lrs(build_optimizer(model, scratch)) == pytest.approx({"stream1": 0.2, "stream2": 0.2, "shared": 0.3})
+
+
+def test_sd_resnet_trains_its_fc_head_apart_from_the_trunk_with_the_no_decay_split():
+    model = build_model("sd_resnet50", num_classes=5)
+    config = TrainConfig(pretrained="runs/sd", lr=0.4, weight_decay=0.05, norm_bias_weight_decay=False)
+    optimizer = build_optimizer(model, config)
+    lrs = _lrs(optimizer)
+    assert lrs == pytest.approx({"trunk": 0.04, "trunk_no_decay": 0.04, "head": 0.4, "head_no_decay": 0.4})
+    by_name = {g["group_name"]: g for g in optimizer.param_groups}
+    assert by_name["head"]["params"] == [model.fc.weight] and by_name["head_no_decay"]["params"] == [model.fc.bias]
+    assert by_name["head"]["weight_decay"] == 0.05 and by_name["head_no_decay"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert optimizer.param_groups[-1]["group_name"] == "head_no_decay"  # the loop reports the last group's lr
+    assert _lrs(build_optimizer(model, TrainConfig(lr=0.4, head_lr=0.1))) == pytest.approx({"trunk": 0.4, "head": 0.1})

@@ -128,3 +128,5 @@ def test_the_demo_data_and_a_mat_file_go_through_the_data_cache():
     assert set(shared_locations(TrainConfig())) == {"--out", "the data cache (RAYMC_CACHE)"}
     assert "the data cache (RAYMC_CACHE)" in shared_locations(TrainConfig(data="s3://b/nyu.mat"))
     assert set(shared_locations(TrainConfig(data="s3://b/prepared"))) == {"--out", "--data"}
+    assert "--pretrained" in shared_locations(TrainConfig(data="s3://b/p", pretrained="runs/sd50"))
+    assert "--pretrained" not in shared_locations(TrainConfig(data="s3://b/p", pretrained="imagenet"))

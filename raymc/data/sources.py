@@ -78,6 +78,8 @@ def shared_locations(config: TrainConfig) -> dict[str, str]:
         locations["--data"] = config.data
     if config.data is None or config.data.lower().endswith(".mat"):
         locations["the data cache (RAYMC_CACHE)"] = str(cache_root())
+    if config.pretrained not in (None, "imagenet"):  # imagenet: each node reads its own torch hub cache
+        locations["--pretrained"] = config.pretrained
     return locations
 
 

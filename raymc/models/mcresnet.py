@@ -99,6 +99,8 @@ class MCResNet(nn.Module):
     """Two-stream ResNet: `forward(x1, x2) -> logits`, with x1 the RGB and x2 the depth batch."""
 
     num_streams = 2
+    trunk_prefixes = ("stream1.", "stream2.")  # state_dict key prefix of each stream's trunk, in stream order
+    head_modules = ("fusion", "head")  # what starts fresh when fine-tuning on other classes
 
     def __init__(
         self,
@@ -147,7 +149,7 @@ class MCResNet(nn.Module):
         return {
             "stream1": list(self.stream1.parameters()),
             "stream2": list(self.stream2.parameters()),
-            "shared": [*self.fusion.parameters(), *self.head.parameters()],
+            "shared": [p for name in self.head_modules for p in getattr(self, name).parameters()],
         }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops import StochasticDepth
 
@@ -58,6 +58,8 @@ class SDResNet(ResNet):
     """A torchvision ResNet whose blocks survive with linearly decaying probability while training."""
 
     num_streams = 1
+    trunk_prefixes = ("",)  # state_dict key prefix of each stream's trunk (the network minus its head)
+    head_modules = ("fc",)  # what starts fresh when fine-tuning on other classes
 
     def __init__(
         self,
@@ -81,6 +83,12 @@ class SDResNet(ResNet):
         blocks = [m for m in self.modules() if isinstance(m, StochasticDepthBottleneck)]
         for block, survival in zip(blocks, survival_probabilities(len(blocks), pL), strict=True):
             block.stochastic_depth = StochasticDepth(1.0 - survival, sd_mode)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters split into "trunk" and "head" (fc), so a fine-tuned head can train at its own rate."""
+        head = [p for name in self.head_modules for p in getattr(self, name).parameters()]
+        in_head = {id(p) for p in head}
+        return {"trunk": [p for p in self.parameters() if id(p) not in in_head], "head": head}
 
     def survival_probabilities(self) -> list[float]:
         """Each block's survival probability while training, in forward order."""

@@ -20,6 +20,7 @@ from raymc.config import build_config
 from raymc.errors import RaymcError
 from raymc.train import run_training
 from tests.helpers import assert_same_training
+from tests.integration.conftest import TINY_RUN
 from tests.integration.registered import registered_epochs
 
 pytestmark = pytest.mark.integration
@@ -47,11 +48,11 @@ def kill_a_worker_after_a_checkpoint(run_dir: Path, *, after_epochs: int) -> thr
     return thread
 
 
-def test_killed_worker_fails_cleanly_then_recovers_with_max_failures_exactly(tiny_nyu, tmp_path):
+def test_killed_worker_fails_cleanly_then_recovers_with_max_failures_exactly(tiny_nyu, tmp_path, finished_run):
     """A killed worker stops a run; the same command run again (a resubmitted driver) resumes it,
     and with --max-failures a second kill only restarts the workers. Under --deterministic the
-    result is the run that was never interrupted."""
-    settings = {"data": tiny_nyu, "out": str(tmp_path), "name": "ft", "epochs": 3, "deterministic": True, **TINY}
+    result is the run that was never interrupted (the shared finished run, same settings)."""
+    settings = {"data": tiny_nyu, "out": str(tmp_path), "name": "ft", **TINY_RUN}
     killer = kill_a_worker_after_a_checkpoint(tmp_path / "ft", after_epochs=1)
     with pytest.raises(RaymcError, match="failed.*checkpoints .* stay usable"):
         run_training(build_config(settings))
@@ -64,8 +65,7 @@ def test_killed_worker_fails_cleanly_then_recovers_with_max_failures_exactly(tin
     result = run_training(build_config({**settings, "max_failures": 1}))
     killer.join()
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
-    run_training(build_config({**settings, "name": "reference"}))
-    assert_same_training(tmp_path / "ft", tmp_path / "reference")
+    assert_same_training(tmp_path / "ft", Path(finished_run[1].run_dir))
 
 
 def test_diverging_loss_stops_the_run_with_a_clear_error(tiny_nyu, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -23,32 +21,6 @@ TINY = {"image_size": 32, "batch": 16, "epochs": 2, "num_workers": 2, "warmup_ep
 
 def tiny_config(data: str, out, **overrides):
     return build_config({"data": data, "out": str(out), **TINY, **overrides})
-
-
-class MetricsScraper(threading.Thread):
-    """Scrapes the node's Prometheus export every second while a run trains, as a dashboard would."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.url, self.pages, self.done = f"http://127.0.0.1:{port}/metrics", [], threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(1.0):
-            self.pages.append(urllib.request.urlopen(self.url, timeout=10).read().decode())
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_nyu, tmp_path_factory, ray_session):
-    out = tmp_path_factory.mktemp("runs")
-    config = tiny_config(tiny_nyu, out, name="tiny", epochs=3, label_smoothing=0.1)
-    scraper = MetricsScraper(ray_session.nodes()[0]["MetricsExportPort"])
-    scraper.start()
-    try:
-        result = run_training(config)
-    finally:
-        scraper.done.set()
-        scraper.join()
-    return config, result, scraper.pages
 
 
 def test_run_folder_holds_everything_a_user_reads(finished_run):
