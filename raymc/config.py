@@ -119,6 +119,15 @@ class TrainConfig:
     min_lr: float = setting(1e-6, "learning rate at the end of the cosine decay", group="optimisation")
     label_smoothing: float = setting(0.1, "label smoothing of the training loss", group="optimisation")
     mixup: float = setting(0.0, "mixup alpha on the device batch (0 turns mixup off)", group="optimisation")
+    cutmix: float = setting(
+        0.0,
+        "CutMix alpha on the device batch: one box, the same in RGB and depth, pasted from the neighbouring "
+        "sample, targets weighted by its area (0 turns CutMix off)",
+        group="optimisation",
+    )
+    mix_switch_prob: float = setting(
+        0.5, "with both --mixup and --cutmix: the chance that a batch uses CutMix (else mixup)", group="optimisation"
+    )
     grad_clip_norm: float | None = setting(None, "clip the global gradient norm to this value", group="optimisation")
     grad_accum_steps: int = setting(
         1, "accumulate gradients over this many steps (effective batch = batch x steps)", group="optimisation"
@@ -374,9 +383,11 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ConfigError(f"{flag_names(name)[0]} must be positive, got {value}")
-    for name in ("weight_decay", "warmup_epochs", "min_lr", "dropout", "min_delta", "mixup"):
+    for name in ("weight_decay", "warmup_epochs", "min_lr", "dropout", "min_delta", "mixup", "cutmix"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{flag_names(name)[0]} must not be negative, got {getattr(config, name)}")
+    if not 0 <= config.mix_switch_prob <= 1:
+        raise ConfigError(f"--mix-switch-prob must be in [0, 1], got {config.mix_switch_prob}")
     if not 0 <= config.label_smoothing < 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
     if not 0 < config.crop_scale <= 1:

@@ -31,7 +31,7 @@ from raymc import checkpoint
 from raymc.analysis import pathway_logits
 from raymc.batches import StartedEpoch, training_batches
 from raymc.config import TrainConfig
-from raymc.data.augment import mixup
+from raymc.data.augment import mix_batch
 from raymc.data.pipeline import DataSpec, to_model_inputs
 from raymc.early_stopping import EarlyStopping
 from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
@@ -257,8 +257,15 @@ def train_step(
     inputs = to_model_inputs(batch, state.spec, device, channels_last=device.type == "cuda")
     labels = batch["label"].to(device, non_blocking=True)
     targets: torch.Tensor = labels
-    if config.mixup > 0:
-        inputs, targets = mixup(inputs, labels, alpha=config.mixup, num_classes=state.spec.num_classes)
+    if config.mixup > 0 or config.cutmix > 0:
+        inputs, targets = mix_batch(
+            inputs,
+            labels,
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            switch_prob=config.mix_switch_prob,
+            num_classes=state.spec.num_classes,
+        )
     sync_now = (step + 1) % config.grad_accum_steps == 0 or step + 1 == state.num_steps
     no_sync = getattr(state.model, "no_sync", contextlib.nullcontext)
     with contextlib.nullcontext() if sync_now else no_sync():

@@ -1,4 +1,4 @@
-"""Per-sample transforms run in Ray Data (CPU), and mixup run on the training device.
+"""Per-sample transforms run in Ray Data (CPU), and mixup / CutMix run on the training device.
 
 RGB and depth get one geometric transform call on `tv_tensors`, so both see the same crop and
 flip; depth travels as a `Mask`, which torchvision resizes with nearest-neighbour interpolation,
@@ -112,3 +112,41 @@ def mixup(
     perm = torch.randperm(targets.shape[0], device=targets.device)
     mixed = [lam * x + (1 - lam) * x[perm] for x in inputs]
     return mixed, lam * one_hot + (1 - lam) * one_hot[perm]
+
+
+def cutmix(
+    inputs: Sequence[torch.Tensor], targets: torch.Tensor, *, alpha: float, num_classes: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Paste one box from each sample's neighbour in the batch into every input stream; returns
+    soft targets weighted by the box's area.
+
+    torchvision's v2.CutMix draws one box per call for every image it is given, which is exactly
+    what RGB-D needs (the box must cut the same pixels from RGB and depth, or their geometry no
+    longer lines up), so both streams go through one call as tv_tensors.Image. It pairs each sample
+    with the one before it in the batch (the batch is shuffled) and draws from torch's generator,
+    which the checkpoints restore.
+    """
+    streams = {f"stream{i}": tv_tensors.Image(x) for i, x in enumerate(inputs)}
+    out = v2.CutMix(alpha=alpha, num_classes=num_classes)({**streams, "labels": targets})
+    return [out[name].as_subclass(torch.Tensor) for name in streams], out["labels"].to(inputs[0].dtype)
+
+
+def mix_batch(
+    inputs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    *,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float,
+    num_classes: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Mixup or CutMix for one batch: with both on, CutMix with probability `switch_prob`, as timm
+    switches per batch; either alone, that one; neither, the inputs with one-hot targets.
+
+    raymc's own mixup is kept rather than v2.MixUp: it mixes with a random permutation, and its
+    draws are what earlier checkpoints' generator states replay.
+    """
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or float(torch.rand(())) < switch_prob)
+    if use_cutmix:
+        return cutmix(inputs, targets, alpha=cutmix_alpha, num_classes=num_classes)
+    return mixup(inputs, targets, alpha=mixup_alpha, num_classes=num_classes)

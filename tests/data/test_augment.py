@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from raymc.data.augment import augment_batch, eval_batch, mixup, train_transforms
+from raymc.data.augment import augment_batch, cutmix, eval_batch, mix_batch, mixup, train_transforms
 
 
 def ramp_batch(n: int = 4, h: int = 48, w: int = 64) -> dict[str, np.ndarray]:
@@ -97,3 +97,39 @@ def test_mixup_targets_sum_to_one_and_streams_share_lambda(alpha):
     assert torch.allclose(m2, 10 * m1)  # same lambda and permutation in both streams
     smoothed_loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     assert torch.isfinite(smoothed_loss(torch.zeros(4, 3), targets))
+
+
+def rgbd_batch(n: int = 6, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB and depth whose every pixel says which sample it came from (rgb = index, depth = 10 x index)."""
+    index = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1)
+    return index.expand(n, 3, size, size).clone(), 10 * index.expand(n, 1, size, size).clone(), torch.arange(n) % 3
+
+
+def test_cutmix_cuts_the_same_box_from_rgb_and_depth_and_weights_targets_by_its_area():
+    torch.manual_seed(3)
+    rgb, depth, labels = rgbd_batch()
+    (mixed_rgb, mixed_depth), targets = cutmix([rgb, depth], labels, alpha=1.0, num_classes=3)
+    pasted = mixed_rgb[:, 0] != rgb[:, 0]  # pixels that came from another sample
+    assert pasted.any() and not pasted.all()
+    assert torch.equal(mixed_depth[:, 0] != depth[:, 0], pasted)  # the same box in both streams
+    assert torch.equal(mixed_depth[:, 0], 10 * mixed_rgb[:, 0])  # from the same neighbour
+    area = pasted[0].float().mean()
+    own = torch.nn.functional.one_hot(labels, 3).float()
+    assert torch.allclose(targets, (1 - area) * own + area * own.roll(1, 0))
+    assert torch.allclose(targets.sum(1), torch.ones(6))  # soft targets still sum to 1
+    assert torch.isfinite(torch.nn.CrossEntropyLoss(label_smoothing=0.1)(torch.zeros(6, 3), targets))
+
+
+def test_with_mixup_and_cutmix_each_batch_takes_one_as_the_switch_probability_says():
+    rgb, depth, labels = rgbd_batch()
+    kinds = []
+    torch.manual_seed(0)
+    for _ in range(200):
+        (mixed, _), _ = mix_batch(
+            [rgb, depth], labels, mixup_alpha=0.4, cutmix_alpha=1.0, switch_prob=0.25, num_classes=3
+        )
+        fractional = (mixed != mixed.round()).any()  # mixup blends pixel values; CutMix only moves them
+        kinds.append("mixup" if fractional else "cutmix")
+    assert 0.15 < kinds.count("cutmix") / len(kinds) < 0.35
+    (mixed, _), _ = mix_batch([rgb, depth], labels, mixup_alpha=0.0, cutmix_alpha=1.0, switch_prob=0.0, num_classes=3)
+    assert not (mixed != mixed.round()).any()  # CutMix alone: always CutMix
