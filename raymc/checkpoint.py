@@ -81,6 +81,7 @@ def training_state(
         "epoch": epoch,
         "steps_done": steps_done,
         "early_stopping": state.stopper.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
         "rng": [rank["rng"] for rank in ranks],
         "epoch_totals": [rank["epoch_totals"] for rank in ranks],
     }
@@ -99,6 +100,8 @@ def load_training_state(state: LoopState, saved: dict[str, Any]) -> list[str]:
     elif state.scaler.is_enabled():  # a disabled scaler's state is {}: loading it into an enabled one raises
         notes.append("the checkpoint has no fp16 loss scale (it trained without GradScaler): the scale starts fresh")
     state.stopper = EarlyStopping(**saved["early_stopping"])
+    if state.ema is not None and saved.get("ema") is not None:
+        state.ema.load_state_dict(saved["ema"])
     state.epoch, state.first_step = saved["epoch"] + 1, saved["steps_done"]
     if state.first_step:
         state.resumed_totals = resumed_totals(saved.get("epoch_totals"), rank=state.rank, world_size=state.world_size)
@@ -110,10 +113,14 @@ def load_training_state(state: LoopState, saved: dict[str, Any]) -> list[str]:
 
 
 def best_model(state: LoopState, metrics: dict[str, float], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """best_model.pt's payload: this epoch's weights (on the CPU) with what rebuilding and reading them needs."""
+    """best_model.pt's payload: this epoch's weights (on the CPU) with what rebuilding and reading them
+    needs; with --monitor <metric>_ema, the averaged weights ("weights": "ema", else "raw")."""
     config = state.config
+    averaged = config.monitor.endswith("_ema")
+    weights = state.ema.model if averaged else state.core
     return {
-        "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in state.core.state_dict().items()}),
+        "state_dict": copy.deepcopy({k: v.detach().cpu() for k, v in weights.state_dict().items()}),
+        "weights": "ema" if averaged else "raw",
         "model": config.model,
         "model_kwargs": model_kwargs(config, state.spec.num_classes),
         "classes": list(state.spec.classes),

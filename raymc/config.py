@@ -119,6 +119,13 @@ class TrainConfig:
     min_lr: float = setting(1e-6, "learning rate at the end of the cosine decay", group="optimisation")
     label_smoothing: float = setting(0.1, "label smoothing of the training loss", group="optimisation")
     mixup: float = setting(0.0, "mixup alpha on the device batch (0 turns mixup off)", group="optimisation")
+    ema_decay: float | None = setting(
+        None,
+        "keep an exponential moving average of the weights and BatchNorm statistics with this decay (e.g. 0.999), "
+        "validated every epoch beside the raw weights (val_*_ema columns); --monitor val_acc_ema etc. makes "
+        "best_model.pt hold the average (default: off)",
+        group="optimisation",
+    )
     cutmix: float = setting(
         0.0,
         "CutMix alpha on the device batch: one box, the same in RGB and depth, pasted from the neighbouring "
@@ -160,7 +167,13 @@ class TrainConfig:
         "val_acc",
         "metric that decides the best epoch and early stopping",
         group="early stopping",
-        choices=("val_acc", "val_mean_class_acc", "val_acc5", "val_loss"),
+        choices=(
+            "val_acc",
+            "val_mean_class_acc",
+            "val_acc5",
+            "val_loss",
+            *(f"{name}_ema" for name in ("val_acc", "val_mean_class_acc", "val_acc5", "val_loss")),
+        ),
     )
     min_delta: float = setting(0.0, "smallest change of --monitor that counts as improvement", group="early stopping")
 
@@ -386,6 +399,10 @@ def validate(config: TrainConfig) -> None:
     for name in ("weight_decay", "warmup_epochs", "min_lr", "dropout", "min_delta", "mixup", "cutmix"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{flag_names(name)[0]} must not be negative, got {getattr(config, name)}")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
+        raise ConfigError(f"--ema-decay must be in (0, 1), got {config.ema_decay}")
+    if config.monitor.endswith("_ema") and config.ema_decay is None:
+        raise ConfigError(f"--monitor {config.monitor} needs --ema-decay (the averaged weights it scores)")
     if not 0 <= config.mix_switch_prob <= 1:
         raise ConfigError(f"--mix-switch-prob must be in [0, 1], got {config.mix_switch_prob}")
     if not 0 <= config.label_smoothing < 1:

@@ -34,6 +34,7 @@ from raymc.config import TrainConfig
 from raymc.data.augment import mix_batch
 from raymc.data.pipeline import DataSpec, to_model_inputs
 from raymc.early_stopping import EarlyStopping
+from raymc.ema import WeightAverage
 from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
@@ -82,6 +83,7 @@ class LoopState:
     first_step: int = 0  # steps of `epoch` a preempted run had done before it stopped
     resumed_totals: torch.Tensor | None = None  # this rank's [loss sum, correct, samples] of those steps
     pretrained: dict[str, Any] | None = None  # what --pretrained loaded (PretrainedRecord.to_dict), for summary.json
+    ema: WeightAverage | None = None  # --ema-decay's average of `core`
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -182,6 +184,7 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_scaler),
         stopper=EarlyStopping(config.monitor, config.patience, config.min_delta),
         pretrained=pretrained.to_dict() if pretrained is not None else None,
+        ema=WeightAverage(core, config.ema_decay) if config.ema_decay else None,
     )
 
 
@@ -282,6 +285,8 @@ def train_step(
         state.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update()
     totals = torch.stack(
         [
             loss.detach().double() * labels.shape[0],
@@ -346,14 +351,14 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
-def validate(state: LoopState) -> tuple[dict[str, float], dict[str, Any]]:
+def validate(state: LoopState, model: nn.Module | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Loss, top-1/top-5, mean class accuracy and per-pathway accuracy over every validation row.
 
     Returns (metrics, evaluation) where evaluation holds the confusion matrix and pathway
     accuracies of this epoch. Runs the unwrapped model in eval mode: no collective calls per
     batch, so ranks may see different numbers of validation batches.
     """
-    core, device, spec = state.core, state.device, state.spec
+    core, device, spec = model or state.core, state.device, state.spec
     _broadcast_buffers(core)
     core.eval()
     confusion = torch.zeros(spec.num_classes, spec.num_classes, dtype=torch.int64, device=device)
@@ -386,6 +391,18 @@ def validate(state: LoopState) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"confusion": confusion.cpu().tolist(), "pathways": pathways if len(pathways) > 1 else None}
 
 
+def validate_epoch(state: LoopState) -> tuple[dict[str, float], dict[str, Any]]:
+    """validate() of the weights, and of their average as `<metric>_ema` with --ema-decay; the
+    evaluation (confusion matrix, pathways) is of the weights --monitor scores."""
+    metrics, evaluation = validate(state)
+    if state.ema is not None:
+        averaged, averaged_evaluation = validate(state, state.ema.model)
+        metrics.update({f"{name}_ema": value for name, value in averaged.items()})
+        if state.config.monitor.endswith("_ema"):
+            evaluation = averaged_evaluation
+    return metrics, evaluation
+
+
 def core_pathways(model: nn.Module) -> list[str]:
     """Pathway names a model's validation reports: 'full' plus '<stream>_only' for two streams."""
     if getattr(model, "num_streams", 1) == 2:
@@ -400,6 +417,8 @@ def epoch_metric_names(state: LoopState) -> list[str]:
     counted = count_keys(state.spec.num_classes, pathway_names)
     val = ["val_loss", "val_acc", "val_mean_class_acc", *(["val_acc5"] if "top5" in counted else [])]
     val += [f"val_acc_{name}" for name in pathway_names]
+    if state.ema is not None:
+        val += [f"{name}_ema" for name in val]
     return ["epoch", "train_loss", "train_acc", "data_wait_s", *val, "lr", "epoch_time_s", "images_per_s"]
 
 
@@ -423,7 +442,16 @@ def _best_so_far(state: LoopState) -> dict[str, float]:
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
     parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "lr", "images_per_s"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_mean_class_acc",
+        "val_acc_ema",
+        "lr",
+        "images_per_s",
+    ):
         if key in metrics:
             value = metrics[key]
             parts.append(f"{key} {value:.3g}" if key in ("lr", "images_per_s") else f"{key} {value:.4f}")
@@ -459,7 +487,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # pipeline can start now. (Streamed validation would wait for CPUs held by that pipeline's
             # tasks, which stall until training consumes them: 20-45 s a validation, measured.)
             upcoming = begin_epoch(state, epoch + 1)
-        val_metrics, evaluation = validate(state)
+        val_metrics, evaluation = validate_epoch(state)
         metrics = {
             "epoch": epoch,
             **train_metrics,

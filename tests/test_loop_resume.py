@@ -7,6 +7,7 @@ report call is replaced, by one that keeps the checkpoint folder. No Ray needed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -25,6 +26,7 @@ from raymc.config import build_config
 from raymc.data.augment import mixup
 from raymc.data.pipeline import DataSpec, StreamSpec
 from raymc.early_stopping import EarlyStopping
+from raymc.ema import WeightAverage
 from raymc.optim import build_scheduler
 from raymc.precision import Precision
 from raymc.tune.experiment import REPORTED_METRICS
@@ -324,3 +326,27 @@ def test_resumed_totals_fall_to_rank_0_when_the_number_of_workers_changed():
     assert checkpoint.resumed_totals(saved, rank=0, world_size=3).tolist() == [4.0, 3.0, 8.0]
     assert checkpoint.resumed_totals(saved, rank=2, world_size=3).tolist() == [0.0, 0.0, 0.0]
     assert checkpoint.resumed_totals([None, None], rank=0, world_size=2) is None
+
+
+# ---------------------------------------------------------------- --ema-decay
+
+
+def test_the_weight_average_is_validated_checkpointed_and_resumed(reports):
+    state = make_state()
+    state.config = dataclasses.replace(state.config, model="mc_resnet18", ema_decay=0.5, monitor="val_acc_ema")
+    state.ema = WeightAverage(state.core, 0.5)
+    loop.train_one_epoch(state, [batch(4), batch(4)])
+    metrics, _ = loop.validate_epoch(state)
+    assert {"val_acc_ema", "val_loss_ema", "val_mean_class_acc_ema"} <= set(metrics)
+    assert set(loop.epoch_metric_names(state)) >= {"val_acc_ema", "val_acc_rgb_only_ema"}
+    state.best = checkpoint.best_model(state, {**metrics, "epoch": 1}, {})
+    assert state.best["weights"] == "ema"
+    assert all(torch.equal(state.best["state_dict"][k], v) for k, v in state.ema.state_dict().items())
+    loop.save_and_report(state, {"epoch": 1}, epoch=1)
+
+    restarted = make_state()
+    restarted.config = state.config
+    restarted.ema = WeightAverage(restarted.core, 0.5)
+    loop.restore(restarted, reports[-1].checkpoint)
+    for name, tensor in state.ema.state_dict().items():
+        assert torch.equal(restarted.ema.state_dict()[name], tensor), name
