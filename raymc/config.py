@@ -200,6 +200,12 @@ class TrainConfig:
         "a cluster of several nodes takes only URIs (s3://, gs://, ...)",
         group="resources",
     )
+    log_every_steps: int = setting(
+        50,
+        "every this many steps (and at an epoch's end) the workers look at their losses: the divergence check "
+        "and the live gauges; between looks a step never waits for the device",
+        group="resources",
+    )
     preemption_check_steps: int = setting(
         50,
         "every this many steps the workers ask Ray Train whether a node is about to be preempted "
@@ -265,6 +271,7 @@ PLACEMENT_SETTINGS = (
     "cpus_per_worker",
     "max_failures",
     "preemption_check_steps",
+    "log_every_steps",
     "shared_fs",
 )
 
@@ -388,7 +395,15 @@ def build_config(
 
 def validate(config: TrainConfig) -> None:
     """Reject settings that cannot work, naming the flag and the fix."""
-    positive = ("epochs", "batch", "num_workers", "grad_accum_steps", "image_size", "preemption_check_steps")
+    positive = (
+        "epochs",
+        "batch",
+        "num_workers",
+        "grad_accum_steps",
+        "image_size",
+        "preemption_check_steps",
+        "log_every_steps",
+    )
     for name in positive:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"{flag_names(name)[0]} must be at least 1, got {getattr(config, name)}")

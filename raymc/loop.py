@@ -41,6 +41,7 @@ from raymc.optim import build_optimizer, build_scheduler
 from raymc.precision import Precision
 from raymc.pretrained import initialize
 from raymc.quiet import quiet_train_worker
+from raymc.steps import Diverged, LossWindow, all_reduce
 from raymc.telemetry import TrainingTelemetry
 
 logger = logging.getLogger("raymc.progress")
@@ -78,7 +79,7 @@ class LoopState:
     scaler: torch.amp.GradScaler
     stopper: EarlyStopping
     history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)  # best_model.pt's payload
+    best: dict[str, Any] = field(default_factory=dict)  # best_model.pt's payload (rank 0's; others keep none)
     epoch: int = 1  # the epoch running, or the first to run
     first_step: int = 0  # steps of `epoch` a preempted run had done before it stopped
     resumed_totals: torch.Tensor | None = None  # this rank's [loss sum, correct, samples] of those steps
@@ -88,27 +89,6 @@ class LoopState:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _all_reduce(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values)
-    return values
-
-
-class Diverged(Exception):
-    """The training loss stopped being finite; raised on every rank at the same step."""
-
-    def __init__(self, *, epoch: int, step: int) -> None:
-        super().__init__(f"the training loss is not finite at epoch {epoch}, step {step}")
-        self.epoch, self.step = epoch, step
-
-
-def _check_finite(loss: torch.Tensor, *, epoch: int, step: int) -> None:
-    """Stop every rank at once when any rank's loss is NaN or infinite."""
-    bad = (~torch.isfinite(loss.detach())).float()
-    if _all_reduce(bad).item() > 0:
-        raise Diverged(epoch=epoch, step=step)
 
 
 def _broadcast_buffers(model: nn.Module) -> None:
@@ -129,12 +109,14 @@ def _setup_progress_logging() -> None:
         logger.propagate = False
 
 
-def use_deterministic_algorithms() -> None:
+def choose_kernels(*, deterministic: bool, device: torch.device) -> None:
     """--deterministic: torch's deterministic kernels wherever it has them (an op without one warns
-    instead of failing the run), and cuDNN's autotuner off (it picks kernels by timing)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it before its first GEMM
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+    instead of failing the run), and cuDNN's autotuner off (it picks kernels by timing). Otherwise,
+    on a GPU, the autotuner on: the crops have one size, so its first-step search pays off."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it before its first GEMM
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
 def start_worker(loop_config: dict[str, Any]) -> LoopState:
@@ -146,9 +128,8 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
     torch.set_num_threads(loop_config["threads"])
     _setup_progress_logging()
     quiet_train_worker()
-    if config.deterministic:
-        use_deterministic_algorithms()
     device = ray.train.torch.get_device()
+    choose_kernels(deterministic=config.deterministic, device=device)
     telemetry = TrainingTelemetry(run=loop_config["run_name"], rank=rank)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
@@ -275,7 +256,6 @@ def train_step(
         with state.precision.autocast(device):
             logits = state.model(*inputs)
             loss = loss_fn(logits.float(), targets)
-        _check_finite(loss, epoch=state.epoch, step=step + 1)
         state.scaler.scale(loss / config.grad_accum_steps).backward()
     if sync_now:
         if config.grad_clip_norm:
@@ -323,6 +303,7 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
             next(iterator, None)
     data_wait = time.perf_counter() - wait_start
     preemption_saved = False
+    window = LossWindow(state.device, first_step=state.first_step + 1)
     for step in range(state.first_step, state.num_steps):
         wait_start = time.perf_counter()
         batch = next(iterator, None)
@@ -332,21 +313,19 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
             break
         loss, step_totals = train_step(state, batch, step=step, loss_fn=loss_fn)
         totals += step_totals
-        state.telemetry.record_step(
-            loss=loss.item(),
-            lr=state.optimizer.param_groups[-1]["lr"],
-            data_wait_s=step_wait,
-            images=batch["label"].shape[0],
-            step_s=time.perf_counter() - wait_start,
-        )
-        check_now = (step + 1) % config.preemption_check_steps == 0 and not preemption_saved
-        if check_now and ray.train.get_preemption_info() is not None:
+        window.add(loss, images=batch["label"].shape[0], data_wait_s=step_wait)
+        check_preemption = (step + 1) % config.preemption_check_steps == 0 and not preemption_saved
+        if (step + 1) % config.log_every_steps == 0 or step + 1 == state.num_steps or check_preemption:
+            # Diverged on every rank at once; and a preemption checkpoint never holds NaN weights.
+            state.telemetry.record_window(window.close(epoch=state.epoch), lr=state.optimizer.param_groups[-1]["lr"])
+            window = LossWindow(state.device, first_step=step + 2)
+        if check_preemption and ray.train.get_preemption_info() is not None:
             save_before_preemption(state, step + 1, totals)
             preemption_saved = True
     # Leave the iterator exhausted so Ray Data finishes this epoch's execution cleanly.
     for _ in iterator:
         pass
-    loss_sum, correct, count = _all_reduce(totals).tolist()
+    loss_sum, correct, count = all_reduce(totals).tolist()
     return {"train_loss": loss_sum / count, "train_acc": correct / count, "data_wait_s": data_wait}
 
 
@@ -375,8 +354,8 @@ def validate(state: LoopState, model: nn.Module | None = None) -> tuple[dict[str
     pathway_names = [name for name in core_pathways(core) if name != "full"]
     names = count_keys(spec.num_classes, pathway_names)
     packed = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float64) for n in names])
-    reduced = dict(zip(names, _all_reduce(packed).tolist()))
-    confusion = _all_reduce(confusion)
+    reduced = dict(zip(names, all_reduce(packed).tolist()))
+    confusion = all_reduce(confusion)
     samples = max(reduced["samples"], 1.0)
     metrics = {
         "val_loss": reduced["loss"] / samples,
@@ -428,7 +407,8 @@ def end_epoch(state: LoopState, metrics: dict[str, float], evaluation: dict[str,
     improved = state.stopper.update(metrics, state.epoch)
     state.history.append(metrics)
     if improved:
-        state.best = checkpoint.best_model(state, metrics, evaluation)
+        if state.rank == 0:  # only rank 0 writes checkpoints: the others need no host copy of the weights
+            state.best = checkpoint.best_model(state, metrics, evaluation)
     if state.rank == 0:
         _log_epoch(state.epoch, state.config.epochs, metrics, improved)
     save_and_report(state, {**metrics, **_best_so_far(state)}, epoch=state.epoch)

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from ray.util import metrics
 
+from raymc.steps import WindowSummary
+
 TAG_KEYS = ("run", "rank")
 
 
 class TrainingTelemetry:
-    """Gauges for one worker of one run; cheap enough to update every step."""
+    """Gauges for one worker of one run, updated once per window of steps."""
 
     def __init__(self, *, run: str, rank: int) -> None:
         tags = {"run": run, "rank": str(rank)}
         self._images_per_s = self._gauge(
             "raymc_train_images_per_second", "training images per second on this worker", tags
         )
-        self._loss = self._gauge("raymc_train_loss", "training loss of the latest step", tags)
+        self._loss = self._gauge("raymc_train_loss", "mean training loss of the latest steps", tags)
         self._lr = self._gauge("raymc_train_learning_rate", "learning rate of the latest step", tags)
         self._epoch = self._gauge("raymc_train_epoch", "epoch in progress", tags)
         self._data_wait = self._gauge(
-            "raymc_train_data_wait_seconds", "time the latest step waited for its batch", tags
+            "raymc_train_data_wait_seconds", "mean time the latest steps waited for their batch", tags
         )
 
     @staticmethod
@@ -32,12 +34,12 @@ class TrainingTelemetry:
         gauge.set_default_tags(tags)
         return gauge
 
-    def record_step(self, *, loss: float, lr: float, data_wait_s: float, images: int, step_s: float) -> None:
-        self._loss.set(loss)
+    def record_window(self, window: WindowSummary, *, lr: float) -> None:
+        """The steps since the last record (every --log-every-steps steps: raymc.steps)."""
+        self._loss.set(window.loss)
         self._lr.set(lr)
-        self._data_wait.set(data_wait_s)
-        if step_s > 0:
-            self._images_per_s.set(images / step_s)
+        self._data_wait.set(window.data_wait_s)
+        self._images_per_s.set(window.images_per_s)
 
     def record_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)

@@ -1,4 +1,5 @@
-"""Divergence is a non-finite loss, not a step GradScaler skipped (fp16 overflow in the gradients)."""
+"""Divergence is a non-finite loss, not a step GradScaler skipped (fp16 overflow in the gradients),
+and it is found at the end of a window of steps, without a host sync per step."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from raymc.loop import Diverged, _check_finite
+from raymc.steps import Diverged, LossWindow
 
 
 def test_a_step_gradscaler_skips_is_not_divergence():
@@ -17,7 +18,9 @@ def test_a_step_gradscaler_skips_is_not_divergence():
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.tensor([[1e35, 1.0]])).sum()  # finite, but 2**16 times it overflows
 
-    _check_finite(loss, epoch=1, step=1)  # the loop's check: passes
+    window = LossWindow(torch.device("cpu"), first_step=1)
+    window.add(loss, images=1, data_wait_s=0.0)
+    window.close(epoch=1)  # the loop's check: passes
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -27,6 +30,25 @@ def test_a_step_gradscaler_skips_is_not_divergence():
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
-def test_a_non_finite_loss_is_divergence_naming_epoch_and_step(value):
-    with pytest.raises(Diverged, match="epoch 3, step 7"):
-        _check_finite(torch.tensor(value), epoch=3, step=7)
+def test_a_non_finite_loss_in_a_window_is_divergence_naming_epoch_and_steps(value):
+    window = LossWindow(torch.device("cpu"), first_step=5)
+    for loss in (1.0, value, 2.0):
+        window.add(torch.tensor(loss), images=4, data_wait_s=0.0)
+    with pytest.raises(Diverged, match="epoch 3, steps 5-7"):
+        window.close(epoch=3)
+
+
+def test_a_finite_window_reports_its_mean_loss_and_wait():
+    window = LossWindow(torch.device("cpu"), first_step=1)
+    for loss, wait in ((1.0, 0.25), (3.0, 0.75)):
+        window.add(torch.tensor(loss), images=8, data_wait_s=wait)
+    summary = window.close(epoch=1)
+    assert (summary.loss, summary.data_wait_s) == (2.0, 0.5)
+    assert summary.images_per_s > 0
+
+
+def test_a_window_of_one_step_names_that_step():
+    window = LossWindow(torch.device("cpu"), first_step=9)
+    window.add(torch.tensor(float("nan")), images=1, data_wait_s=0.0)
+    with pytest.raises(Diverged, match="epoch 2, step 9$"):
+        window.close(epoch=2)

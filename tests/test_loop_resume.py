@@ -101,7 +101,7 @@ def make_state(
         clock=None,
         train_shard=None,
         val_shard=Shard(),
-        telemetry=SimpleNamespace(record_step=lambda **_: None, record_epoch=lambda _: None),
+        telemetry=SimpleNamespace(record_window=lambda *_, **__: None, record_epoch=lambda _: None),
         model=core,
         core=core,
         optimizer=optimizer,
