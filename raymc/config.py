@@ -100,6 +100,14 @@ class TrainConfig:
         group="model",
     )
 
+    compile: bool = setting(False, "torch.compile the model (first steps are slower while it compiles)", group="model")
+    compile_backend: str | None = setting(
+        None,
+        "torch.compile backend (default: inductor on GPUs; aot_eager on CPUs, which compiles in seconds where "
+        "inductor takes minutes)",
+        group="model",
+    )
+
     # optimisation
     epochs: int = setting(90, "number of epochs", group="optimisation")
     batch: int = setting(256, "global batch size per step, split evenly across workers", group="optimisation")

@@ -88,7 +88,21 @@ class LoopState:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, under torch.compile's and DistributedDataParallel's wrappers: what
+    validates, averages (--ema-decay) and checkpoints, so saved weights never carry `_orig_mod.`."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+COMPILE_BACKENDS = {"cuda": "inductor", "cpu": "aot_eager"}  # inductor on CPUs compiles for minutes
+
+
+def compiled(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """--compile: torch.compile of what trains (the DDP-wrapped model, so DDP's bucketing stays
+    visible to the compiler), with --compile-backend or the device's default."""
+    if not config.compile:
+        return model
+    return torch.compile(model, backend=config.compile_backend or COMPILE_BACKENDS.get(device.type, "inductor"))
 
 
 def _broadcast_buffers(model: nn.Module) -> None:
@@ -139,7 +153,7 @@ def start_worker(loop_config: dict[str, Any]) -> LoopState:
         logger.info(pretrained.log_line())
     if device.type == "cuda":
         core = core.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(core)
+    model = compiled(ray.train.torch.prepare_model(core), config, device)
     core = _unwrap(model)
     torch.manual_seed(config.seed * 1000 + rank)  # different dropout/mixup draws per rank
 
