@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node's GCS
-ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"  # the standard AWS variable for an S3-compatible endpoint
 
 
 def connected_to_cluster() -> bool:
@@ -89,7 +88,7 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
 
     bind_local_ray_to_loopback()
     port = free_port()
-    env_vars = {"RAY_ADDRESS": f"{LOOPBACK}:{port}", **quiet.LOCAL_RAY_ENV, **storage_endpoint_env()}
+    env_vars = {"RAY_ADDRESS": f"{LOOPBACK}:{port}", **quiet.LOCAL_RAY_ENV, **storage.worker_env()}
     with _environment({GCS_PORT_VARIABLE: str(port)}):
         return ray.init(
             address="local",
@@ -97,15 +96,6 @@ def start_local_ray(**init_kwargs: Any) -> ray.client_builder.BaseContext:
             runtime_env={"env_vars": env_vars},
             **init_kwargs,
         )
-
-
-def storage_endpoint_env() -> dict[str, str]:
-    """The S3-compatible endpoint (MinIO, Ceph, R2, a test server) the driver uses, for the Ray
-    processes that read and write the same URIs. Only the endpoint: credentials never travel in a
-    runtime_env (Ray records it in the dashboard); every process takes them from its own
-    environment, profile or instance role."""
-    endpoint = os.environ.get(ENDPOINT_VARIABLE)
-    return {ENDPOINT_VARIABLE: endpoint} if endpoint else {}
 
 
 def free_port() -> int:

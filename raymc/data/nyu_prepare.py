@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from PIL import Image
 from ray.data.extensions import ArrowTensorArray
 
+from raymc import storage
 from raymc.cluster import init_ray
 from raymc.data.nyu import (
     DEFAULT_TEST_FRACTION,
@@ -37,7 +37,7 @@ from raymc.data.nyu import (
     scene_labels,
     warn_one_sided_classes,
 )
-from raymc.data.publish import INFO_FILE, check_output_dir, commit_dir, run_shard_tasks, staging_dir, write_info
+from raymc.data.publish import INFO_FILE, check_output, publishing, run_shard_tasks, write_info
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ShardJob:
     scenes: tuple[str, ...]
     num_classes: int
     size: tuple[int, int]  # (H, W) to store; the source size means no resizing
-    out_dir: str
+    out_dir: str  # a local folder or a URI: each task writes its files straight there
     block: int  # files are OUT_DIR/<split>-<block>.parquet
 
 
@@ -95,11 +95,10 @@ def prepare_nyu(
 ) -> dict:
     """Convert the labeled .mat into Parquet shards plus dataset_info.json; return the info.
 
-    All validation happens before anything is written; shards go to a temporary sibling folder
-    that replaces `out` only once complete, so `out` never holds a half-written dataset.
+    `mat` and `out` are local paths or URIs (s3://...). All validation happens before anything is
+    written, and `out` never holds a half-written data set (see raymc.data.publish).
     """
-    mat, out = Path(mat), Path(out)
-    check_output_dir(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite)
     names = class_names(protocol)
     index = read_index(mat)
     size = _output_size(index, image_size)
@@ -108,15 +107,14 @@ def prepare_nyu(
     warn_one_sided_classes(assigned, labels, names)
 
     init_ray()
-    with staging_dir(out) as staging:
-        jobs = _shard_jobs(index, labels, assigned, len(names), size, staging)
+    with publishing(out) as folder:
+        jobs = _shard_jobs(index, labels, assigned, len(names), size, folder)
         logger.info("preparing %s: %d samples in %d Ray tasks", mat, index.num_samples, len(jobs))
         stats = run_shard_tasks(_write_shard, jobs)
         info = _dataset_info(
             index, stats, names, size, protocol=protocol, seed=seed, splits=splits, test_fraction=test_fraction
         )
-        write_info(staging, info)
-        commit_dir(staging, out)
+        write_info(folder, info)
     logger.info("prepared %d samples into %s", info["num_samples"], out)
     return info
 
@@ -141,14 +139,14 @@ def _shard_jobs(
     assigned: np.ndarray,
     num_classes: int,
     size: tuple[int, int],
-    staging: Path,
+    folder: str,
 ) -> list[ShardJob]:
     """Cut the samples into contiguous, chunk-aligned blocks of about SHARD_BYTES each."""
     jobs = []
     for i, (start, stop) in enumerate(_blocks(index)):
         jobs.append(
             ShardJob(
-                mat=str(index.path.resolve()),
+                mat=storage.as_uri(index.path),
                 start=start,
                 stop=stop,
                 split=assigned[start:stop],
@@ -157,7 +155,7 @@ def _shard_jobs(
                 scenes=index.scenes[start:stop],
                 num_classes=num_classes,
                 size=size,
-                out_dir=str(staging),
+                out_dir=folder,
                 block=i,
             )
         )
@@ -189,7 +187,8 @@ def _write_shard(job: ShardJob) -> ShardStats:
         rows = table.filter(pc.equal(table["split"], name))
         if rows.num_rows:
             # Uncompressed: pixels gain nothing from snappy (measured: same size) and decode 2x faster.
-            pq.write_table(rows, f"{job.out_dir}/{name}-{job.block:05d}.parquet", compression="none")
+            file = storage.join(job.out_dir, f"{name}-{job.block:05d}.parquet")
+            storage.write_parquet(file, rows, compression="none")
     return _shard_stats(job, keep, depth, int(cleaned[keep].sum()))
 
 
@@ -269,7 +268,7 @@ def _dataset_info(
         "splits": str(Path(splits).resolve()) if splits is not None else None,
         "test_fraction": None if splits is not None else test_fraction,
         "seed": seed,
-        "source": str(index.path.resolve()),
+        "source": storage.as_uri(index.path),
     }
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from raymc import storage
 from raymc.config import TrainConfig
 from raymc.data import imagenet
 from raymc.data.augment import augment_batch, eval_batch, val_short_side
-from raymc.data.publish import INFO_FILE
+from raymc.data.publish import INFO_FILE, live_folder
 from raymc.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -138,9 +138,11 @@ def start_epoch_clock() -> ray.actor.ActorHandle:
 
 
 def read_dataset_info(folder: str) -> dict[str, Any]:
-    """dataset_info.json of a prepared folder, local or remote (s3://, gs://, ...)."""
+    """dataset_info.json of a prepared folder, local or remote (s3://, gs://, ...): on an object
+    store the one of the generation that the prefix's marker names (publish.live_folder)."""
+    live = live_folder(folder)
     try:
-        return storage.read_json(storage.join(storage.as_uri(folder), INFO_FILE))
+        return storage.read_json(storage.join(live, INFO_FILE))
     except (FileNotFoundError, OSError):
         raise DataError(
             f"{folder}: no dataset_info.json; pass a folder written by `python -m raymc.prepare` or an NYU .mat file"
@@ -154,20 +156,19 @@ def split_files(folder: str, split: str) -> list[str]:
 
 
 def _parquet_files(folder: str, *, prefix: str = "") -> list[str]:
-    """The folder's Parquet files whose names start with `prefix`, sorted, as paths or URIs."""
-    uri = storage.as_uri(folder)
-    filesystem, root = storage.filesystem(uri)
-    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root.rstrip("/")))
-    names = sorted(Path(i.path).name for i in infos if i.is_file)
-    return [f"{uri.rstrip('/')}/{n}" for n in names if n.startswith(prefix) and n.endswith(".parquet")]
+    """The live folder's Parquet files whose names start with `prefix`, sorted, as paths or URIs."""
+    live = live_folder(folder)
+    return [storage.join(live, n) for n in storage.names(live) if n.startswith(prefix) and n.endswith(".parquet")]
 
 
 def check_shards(source: DataSource, files: list[str]) -> None:
     """Read every shard's footer on the driver, in parallel, before any Ray Data task runs: a
     damaged shard is then named here instead of failing a read task deep in training with pyarrow's
     ArrowInvalid. Costs one small read per shard (the footer) each time a dataset is built."""
-    filesystem, root = storage.filesystem(source.location)
-    paths = [f"{root.rstrip('/')}/{Path(file).name}" for file in files]
+    if not files:
+        return
+    filesystem, folder = storage.filesystem(posixpath.dirname(files[0]))  # the shards share one folder
+    paths = [f"{folder}/{posixpath.basename(file)}" for file in files]
     with concurrent.futures.ThreadPoolExecutor(max_workers=FOOTER_READERS) as pool:
         failures = pool.map(functools.partial(_footer_error, filesystem=filesystem), paths)
     for file, failure in zip(files, failures, strict=True):
