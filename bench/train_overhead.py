@@ -39,15 +39,14 @@ from raymc.config import DEMO_DEFAULTS, TrainConfig
 from raymc.data.augment import augment_batch
 from raymc.data.pipeline import (
     TRAIN_SPLIT,
-    DataSpec,
     build_datasets,
     data_spec,
     dataset_info,
     start_epoch_clock,
     stored_rows,
-    to_model_inputs,
 )
 from raymc.data.sources import resolve_data
+from raymc.data.spec import DataSpec, to_model_inputs
 from raymc.loop import steps_per_epoch
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler

@@ -8,7 +8,6 @@ Everything an epoch changes lives in one `LoopState` that the functions below ta
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -23,26 +22,24 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from raymc import checkpoint
-from raymc.analysis import pathway_logits
-from raymc.batches import StartedEpoch, training_batches
+from raymc.batches import StartedEpoch, device_batches, train_collate, training_batches
 from raymc.config import TrainConfig
-from raymc.data.augment import mix_batch
-from raymc.data.pipeline import DataSpec, to_model_inputs
+from raymc.data.spec import DataSpec
 from raymc.early_stopping import EarlyStopping
 from raymc.ema import WeightAverage
-from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
 from raymc.precision import Precision
 from raymc.pretrained import initialize
 from raymc.quiet import quiet_train_worker
+from raymc.step import StepContext, StepSettings, compile_model, train_step
 from raymc.steps import Diverged, LossWindow, all_reduce
 from raymc.telemetry import TrainingTelemetry
+from raymc.validation import val_metric_names, validate
 
 logger = logging.getLogger("raymc.progress")
 
@@ -94,23 +91,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-COMPILE_BACKENDS = {"cuda": "inductor", "cpu": "aot_eager"}  # inductor on CPUs compiles for minutes
-
-
 def compiled(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
-    """--compile: torch.compile of what trains (the DDP-wrapped model, so DDP's bucketing stays
-    visible to the compiler), with --compile-backend or the device's default."""
-    if not config.compile:
-        return model
-    return torch.compile(model, backend=config.compile_backend or COMPILE_BACKENDS.get(device.type, "inductor"))
-
-
-def _broadcast_buffers(model: nn.Module) -> None:
-    """Give every rank rank 0's BatchNorm statistics: each rank's last training forward updated
-    its own, and rank 0's are the ones the checkpoint keeps, so every rank validates those."""
-    if dist.is_available() and dist.is_initialized():
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
+    """--compile: raymc.step.compile_model of what trains (the DDP-wrapped model, so DDP's bucketing
+    stays visible to the compiler)."""
+    return compile_model(model, backend=config.compile_backend, device=device) if config.compile else model
 
 
 def _setup_progress_logging() -> None:
@@ -241,54 +225,31 @@ def begin_epoch(state: LoopState, epoch: int) -> StartedEpoch:
     """Point the augmentation at `epoch`, then start Ray Data's pass over its training rows."""
     ray.get(state.clock.set.remote(epoch))
     batches = training_batches(
-        state.train_shard, batch_size=worker_batch(state.config, state.world_size), seed=state.config.seed, epoch=epoch
+        state.train_shard,
+        batch_size=worker_batch(state.config, state.world_size),
+        seed=state.config.seed,
+        epoch=epoch,
+        device=state.device,
+        collate_fn=train_collate(state.config, state.device),
     )
     return StartedEpoch(batches)
 
 
-def train_step(
-    state: LoopState, batch: dict[str, torch.Tensor], *, step: int, loss_fn: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward one batch; the optimizer steps every --grad-accum-steps batches and at
-    the epoch's end. Returns (loss, [loss sum, correct, samples]) of the batch."""
-    config, device = state.config, state.device
-    inputs = to_model_inputs(batch, state.spec, device, channels_last=device.type == "cuda")
-    labels = batch["label"].to(device, non_blocking=True)
-    targets: torch.Tensor = labels
-    if config.mixup > 0 or config.cutmix > 0:
-        inputs, targets = mix_batch(
-            inputs,
-            labels,
-            mixup_alpha=config.mixup,
-            cutmix_alpha=config.cutmix,
-            switch_prob=config.mix_switch_prob,
-            num_classes=state.spec.num_classes,
-        )
-    sync_now = (step + 1) % config.grad_accum_steps == 0 or step + 1 == state.num_steps
-    no_sync = getattr(state.model, "no_sync", contextlib.nullcontext)
-    with contextlib.nullcontext() if sync_now else no_sync():
-        with state.precision.autocast(device):
-            logits = state.model(*inputs)
-            loss = loss_fn(logits.float(), targets)
-        state.scaler.scale(loss / config.grad_accum_steps).backward()
-    if sync_now:
-        if config.grad_clip_norm:
-            state.scaler.unscale_(state.optimizer)
-            nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip_norm)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update()
-    totals = torch.stack(
-        [
-            loss.detach().double() * labels.shape[0],
-            (logits.argmax(1) == labels).sum().double(),
-            torch.tensor(labels.shape[0], device=device, dtype=torch.float64),
-        ]
+def step_context(state: LoopState) -> StepContext:
+    """What raymc.step's train_step needs of this worker's state."""
+    config = state.config
+    return StepContext(
+        model=state.model,
+        optimizer=state.optimizer,
+        scaler=state.scaler,
+        precision=state.precision,
+        spec=state.spec,
+        device=state.device,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        settings=StepSettings.from_config(config),
+        scheduler=state.scheduler,
+        ema=state.ema,
     )
-    return loss, totals
 
 
 def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -304,7 +265,7 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
     """
     config = state.config
     state.model.train()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    context = step_context(state)
     totals = torch.zeros(3, device=state.device, dtype=torch.float64)  # loss sum, correct, samples
     if state.resumed_totals is not None:
         totals += state.resumed_totals.to(state.device)
@@ -325,7 +286,9 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
         data_wait += step_wait
         if batch is None:  # fewer rows than planned: undecodable images were skipped
             break
-        loss, step_totals = train_step(state, batch, step=step, loss_fn=loss_fn)
+        if not batch["label"].shape[0]:  # --decode-on device skipped every image of the batch as bad
+            continue
+        loss, step_totals = train_step(context, batch, step=step, num_steps=state.num_steps)
         totals += step_totals
         window.add(loss, images=batch["label"].shape[0], data_wait_s=step_wait)
         check_preemption = (step + 1) % config.preemption_check_steps == 0 and not preemption_saved
@@ -343,73 +306,30 @@ def train_one_epoch(state: LoopState, batches: Iterable[dict[str, torch.Tensor]]
     return {"train_loss": loss_sum / count, "train_acc": correct / count, "data_wait_s": data_wait}
 
 
-@torch.no_grad()
-def validate(state: LoopState, model: nn.Module | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """Loss, top-1/top-5, mean class accuracy and per-pathway accuracy over every validation row.
-
-    Returns (metrics, evaluation) where evaluation holds the confusion matrix and pathway
-    accuracies of this epoch. Runs the unwrapped model in eval mode: no collective calls per
-    batch, so ranks may see different numbers of validation batches.
-    """
-    core, device, spec = model or state.core, state.device, state.spec
-    _broadcast_buffers(core)
-    core.eval()
-    confusion = torch.zeros(spec.num_classes, spec.num_classes, dtype=torch.int64, device=device)
-    sums: dict[str, torch.Tensor] = {}
-    for batch in state.val_shard.iter_torch_batches(batch_size=worker_batch(state.config, state.world_size)):
-        inputs = to_model_inputs(batch, spec, device, channels_last=device.type == "cuda")
-        labels = batch["label"].to(device, non_blocking=True)
-        with state.precision.autocast(device):
-            outputs = pathway_logits(core, inputs)
-        counts = batch_counts({name: out.float() for name, out in outputs.items()}, labels, spec.num_classes)
-        confusion += counts.pop("confusion")
-        for key, value in counts.items():
-            sums[key] = sums.get(key, 0) + value
-    pathway_names = [name for name in core_pathways(core) if name != "full"]
-    names = count_keys(spec.num_classes, pathway_names)
-    packed = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device, dtype=torch.float64) for n in names])
-    reduced = dict(zip(names, all_reduce(packed).tolist()))
-    confusion = all_reduce(confusion)
-    samples = max(reduced["samples"], 1.0)
-    metrics = {
-        "val_loss": reduced["loss"] / samples,
-        "val_acc": reduced["top1"] / samples,
-        "val_mean_class_acc": mean_class_accuracy(confusion),
-    }
-    if "top5" in reduced:
-        metrics["val_acc5"] = reduced["top5"] / samples
-    pathways = {"full": metrics["val_acc"]}
-    for name in pathway_names:
-        metrics[f"val_acc_{name}"] = pathways[name] = reduced[name] / samples
-    return metrics, {"confusion": confusion.cpu().tolist(), "pathways": pathways if len(pathways) > 1 else None}
-
-
 def validate_epoch(state: LoopState) -> tuple[dict[str, float], dict[str, Any]]:
     """validate() of the weights, and of their average as `<metric>_ema` with --ema-decay; the
     evaluation (confusion matrix, pathways) is of the weights --monitor scores."""
-    metrics, evaluation = validate(state)
+    metrics, evaluation = _validate(state, state.core)
     if state.ema is not None:
-        averaged, averaged_evaluation = validate(state, state.ema.model)
+        averaged, averaged_evaluation = _validate(state, state.ema.model)
         metrics.update({f"{name}_ema": value for name, value in averaged.items()})
         if state.config.monitor.endswith("_ema"):
             evaluation = averaged_evaluation
     return metrics, evaluation
 
 
-def core_pathways(model: nn.Module) -> list[str]:
-    """Pathway names a model's validation reports: 'full' plus '<stream>_only' for two streams."""
-    if getattr(model, "num_streams", 1) == 2:
-        return ["full", *(f"{name}_only" for name in model.stream_names)]
-    return ["full"]
+def _validate(state: LoopState, model: nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+    """raymc.validation.validate of `model` over this worker's validation shard, read anew."""
+    batches = device_batches(
+        state.val_shard, batch_size=worker_batch(state.config, state.world_size), device=state.device
+    )
+    return validate(model, batches, spec=state.spec, device=state.device, precision=state.precision)
 
 
 def epoch_metric_names(state: LoopState) -> list[str]:
-    """Every metric an epoch reports (train_one_epoch's, validate's, the loop's), known before the
-    first epoch ends: validate's keys follow count_keys as these do."""
-    pathway_names = [name for name in core_pathways(state.core) if name != "full"]
-    counted = count_keys(state.spec.num_classes, pathway_names)
-    val = ["val_loss", "val_acc", "val_mean_class_acc", *(["val_acc5"] if "top5" in counted else [])]
-    val += [f"val_acc_{name}" for name in pathway_names]
+    """Every metric an epoch reports (train_one_epoch's, validate_epoch's, the loop's), known before
+    the first epoch ends."""
+    val = val_metric_names(state.core, state.spec)
     if state.ema is not None:
         val += [f"{name}_ema" for name in val]
     return ["epoch", "train_loss", "train_acc", "data_wait_s", *val, "lr", "epoch_time_s", "images_per_s"]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from raymc.config import TrainConfig
+if TYPE_CHECKING:  # the step (raymc.step) runs where neither YAML nor pandas (raymc.config's) is installed
+    from raymc.config import TrainConfig
 
 __all__ = ["NATIVE_BF16_CAPABILITY", "Precision", "autocast_dtype"]
 

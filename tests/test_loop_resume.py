@@ -24,7 +24,7 @@ from torch import nn
 from raymc import checkpoint, loop
 from raymc.config import build_config
 from raymc.data.augment import mixup
-from raymc.data.pipeline import DataSpec, StreamSpec
+from raymc.data.spec import DataSpec, StreamSpec
 from raymc.early_stopping import EarlyStopping
 from raymc.ema import WeightAverage
 from raymc.optim import build_scheduler
@@ -77,7 +77,7 @@ def batch(n: int = 4) -> dict[str, torch.Tensor]:
 class Shard:
     """A validation shard: Ray Data's iter_torch_batches over two fixed batches."""
 
-    def iter_torch_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    def iter_torch_batches(self, batch_size: int, **options: Any) -> list[dict[str, torch.Tensor]]:
         return [batch(4), batch(2)]
 
 
@@ -259,7 +259,7 @@ def test_a_first_epoch_preemption_reports_every_metric_tune_may_search(reports):
 def test_the_first_epoch_preemption_report_names_what_an_epoch_reports(reports):
     state = make_state()
     epoch_keys = {"epoch", "lr", "epoch_time_s", "images_per_s"}  # added by train_loop_per_worker
-    epoch_keys |= set(loop.train_one_epoch(state, [batch(4), batch(4)])) | set(loop.validate(state)[0])
+    epoch_keys |= set(loop.train_one_epoch(state, [batch(4), batch(4)])) | set(loop.validate_epoch(state)[0])
     assert set(loop.epoch_metric_names(state)) == epoch_keys
 
 
@@ -311,9 +311,9 @@ def test_outside_deterministic_a_resumed_epoch_trains_on_the_first_batches_of_th
     trained_on = []
     restarted_step = loop.train_step
 
-    def recording_step(state, one_batch, **kwargs):
+    def recording_step(context, one_batch, **kwargs):
         trained_on.append(one_batch["label"].shape[0])
-        return restarted_step(state, one_batch, **kwargs)
+        return restarted_step(context, one_batch, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", recording_step)
     loop.train_one_epoch(restarted, [batch(4), batch(3)])

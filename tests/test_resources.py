@@ -9,8 +9,8 @@ import pytest
 
 from raymc.cluster import check_shared_paths
 from raymc.config import TrainConfig
-from raymc.data.pipeline import DataSpec
 from raymc.data.sources import shared_locations
+from raymc.data.spec import DataSpec
 from raymc.driver import check_batch_fits
 from raymc.errors import ConfigError
 from raymc.resources import check_placement, plan_resources, plan_trials, worker_resources

@@ -7,18 +7,9 @@ import time
 
 import pytest
 import ray
-import torch
 from ray.util.state import list_actors
 
-from raymc.data.pipeline import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    cache_in_object_store,
-    data_spec,
-    read_dataset_info,
-    start_epoch_clock,
-    to_model_inputs,
-)
+from raymc.data.pipeline import cache_in_object_store, data_spec, read_dataset_info, start_epoch_clock
 from raymc.errors import ConfigError, DataError
 
 NYU_INFO = {
@@ -46,16 +37,6 @@ def test_nyu_spec_has_rgb_then_depth_with_train_statistics():
     assert spec.classes == ("a", "b") and spec.num_train == 5 and spec.num_val == 2
     assert [s.column for s in spec.streams] == ["rgb", "depth"]
     assert spec.streams[1].mean == (2.0,) and spec.streams[1].missing_is_zero
-
-
-def test_normalization_on_device_keeps_missing_depth_at_zero():
-    spec = data_spec(NYU_INFO)
-    rgb = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    depth = torch.tensor([[[[0.0, 2.5], [1.5, 2.0]]]])
-    x_rgb, x_depth = to_model_inputs({"rgb": rgb, "depth": depth}, spec, torch.device("cpu"))
-    expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert torch.allclose(x_rgb[0, :, 0, 0], expected)
-    assert x_depth[0, 0].tolist() == [[0.0, 1.0], [-1.0, 0.0]]
 
 
 def test_the_epoch_clock_lives_on_the_drivers_node_and_comes_back_when_killed(ray_session):
