@@ -64,6 +64,15 @@ class TrainConfig:
         group="data",
         choices=("skip", "fail"),
     )
+    decode_on: str = setting(
+        "host",
+        "ImageNet training images: decoded and augmented in Ray Data on CPUs (host), or read as JPEG bytes by "
+        "Ray Data, which draws each image's crop, flip and jitter, and decoded and augmented batch by batch on "
+        "the training device (device: nvJPEG on GPUs, the same code on CPU workers; the draws are the host "
+        "path's; validation keeps the host decode)",
+        group="data",
+        choices=("host", "device"),
+    )
     cache: bool = setting(
         False,
         "keep the decoded training set and the validation view in Ray's object store (materialized once)",
@@ -281,6 +290,7 @@ PLACEMENT_SETTINGS = (
     "preemption_check_steps",
     "log_every_steps",
     "shared_fs",
+    "decode_on",  # where images are decoded: both places draw the same crops, flips and jitter
 )
 
 
@@ -452,6 +462,16 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--pL must be in (0, 1] (1.0 turns stochastic depth off), got {config.pL}")
     if config.model and (config.stream1_lr or config.stream2_lr) and not model_family(config.model).takes("stream1_lr"):
         raise ConfigError(f"--stream1-lr/--stream2-lr apply to two-stream mc_resnet models, not {config.model}")
+    nyu = config.dataset == "nyu" or config.data is None or config.data.lower().endswith(".mat")  # no data: demo NYU
+    if nyu:
+        check_decode_on(config, "nyu")
+
+
+def check_decode_on(config: TrainConfig, kind: str) -> None:
+    """--decode-on device decodes JPEGs on the training device: ImageNet's (NYU's rows hold pixels).
+    Checked with the flags where --data shows the kind, and again once the data is found."""
+    if config.decode_on == "device" and kind != "imagenet":
+        raise ConfigError(f"--decode-on device decodes ImageNet JPEGs, but {kind} data has none: use --decode-on host")
 
 
 def with_params(

@@ -5,19 +5,25 @@ flip; depth travels as a `Mask`, which torchvision resizes with nearest-neighbou
 keeping metric values and 0 = missing intact. Photometric jitter touches RGB only.
 Every sample's randomness comes from a generator seeded by (seed, epoch, sample index): crops
 differ every epoch, repeat for a given seed, and do not depend on how Ray Data batches rows.
+A sample's draws (crop box, flip, jitter) are made apart from the pixels (`TrainView.sample`), so
+that --decode-on device samples them in Ray Data from the image's header and applies them on the
+training device after decoding there (raymc.data.device_decode), with the same `TrainView.apply`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
+from torchvision import transforms, tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 # Brightness +-40%, contrast and saturation x0.8-1.2: the seed script's jitter.
 COLOR_JITTER = {"brightness": 0.4, "contrast": 0.2, "saturation": 0.2}
+CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect ratios
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -26,19 +32,70 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(mixed[0]) << 31 | int(mixed[1]) >> 1
 
 
-def train_transforms(image_size: int, crop_scale: float) -> tuple[v2.Transform, v2.Transform]:
-    """(geometric, photometric): the first for every stream at once, the second for RGB only.
+@dataclass(frozen=True)
+class TrainParams:
+    """One sample's training-view draws: crop box, horizontal flip, colour jitter (order, factors)."""
 
-    The jitter runs on float pixels: on uint8, each of its three adjustments converts to float and
-    back, which made it take 0.64 ms of a 224 px image's augmentation instead of 0.43 ms.
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    jitter_order: tuple[int, ...]  # 0 brightness, 1 contrast, 2 saturation, 3 hue (off)
+    brightness: float
+    contrast: float
+    saturation: float
+
+
+class TrainView:
+    """RandomResizedCrop(image_size, scale=(crop_scale, 1)) + horizontal flip for every stream,
+    then ColorJitter(COLOR_JITTER) for RGB, split into drawing the parameters and applying them.
+
+    `sample` makes torchvision's own draws (its transforms' static `get_params`, public in every
+    torchvision version, in the order the composed v2 transforms make them), so the views are those
+    of v2.Compose([RandomResizedCrop, RandomHorizontalFlip]) + ColorJitter under the same seed.
+    `apply` runs on whatever device the image is on. The jitter runs on float pixels: on uint8, each
+    of its three adjustments converts to float and back (0.64 ms of a 224 px image's augmentation
+    instead of 0.43 ms).
     """
-    geometric = v2.Compose(
-        [v2.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-    )
-    photometric = v2.Compose(
-        [v2.ToDtype(torch.float32, scale=True), v2.ColorJitter(**COLOR_JITTER), v2.ToDtype(torch.uint8, scale=True)]
-    )
-    return geometric, photometric
+
+    def __init__(self, image_size: int, crop_scale: float) -> None:
+        self.size = [image_size, image_size]
+        self.scale = [crop_scale, 1.0]
+        jitter = transforms.ColorJitter(**COLOR_JITTER)
+        self._ranges = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+
+    def sample(self, seed: int, epoch: int, index: int, *, height: int, width: int) -> TrainParams:
+        """The draws of sample `index` in `epoch` for an image of height x width."""
+        with torch.random.fork_rng(devices=[]):
+            # The CPU generator only: torch.manual_seed also seeds CUDA, whose lazy-init bookkeeping
+            # (a captured stack trace per call) took 30% of the host augmentation's time.
+            torch.default_generator.manual_seed(sample_seed(seed, epoch, index))
+            shape_only = torch.empty(()).expand(3, height, width)  # get_params reads the size, no pixels
+            box = transforms.RandomResizedCrop.get_params(shape_only, self.scale, list(CROP_RATIO))
+            flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's draw
+            order, b, c, s, _ = transforms.ColorJitter.get_params(*self._ranges)
+        return TrainParams(*box, flip, tuple(order.tolist()), b, c, s)
+
+    def apply(
+        self, params: TrainParams, image: torch.Tensor, depth: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(rgb (3,S,S) uint8[, depth (1,S,S)]) of `image` (3,H,W) uint8 and `depth` (1,H,W): depth is
+        cropped as a Mask (nearest neighbour, keeping metres and 0 = missing) and not jittered."""
+        views = [tv_tensors.Image(image), *([] if depth is None else [tv_tensors.Mask(depth)])]
+        box = (params.top, params.left, params.height, params.width)
+        views = [F.resized_crop(v, *box, size=self.size, antialias=True) for v in views]
+        if params.flip:
+            views = [F.horizontal_flip(v) for v in views]
+        rgb = F.to_dtype(views[0], torch.float32, scale=True)
+        adjust = {0: (F.adjust_brightness, params.brightness), 1: (F.adjust_contrast, params.contrast)}
+        adjust[2] = (F.adjust_saturation, params.saturation)
+        for fn_id in params.jitter_order:
+            if fn_id in adjust:
+                fn, factor = adjust[fn_id]
+                rgb = fn(rgb, factor)
+        rgb = F.to_dtype(rgb, torch.uint8, scale=True)
+        return tuple(v.as_subclass(torch.Tensor) for v in (rgb, *views[1:]))
 
 
 def val_short_side(image_size: int, resize: int | None) -> int:
@@ -72,17 +129,13 @@ def augment_batch(
 
     Returns rgb (N,3,S,S) uint8, depth (N,1,S,S) float32 metres when present, label int64.
     """
-    geometric, photometric = train_transforms(image_size, crop_scale)
+    view = TrainView(image_size, crop_scale)
     depths = batch.get("depth")
     samples = []
     for i, index in enumerate(batch["index"]):
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed also seeds CUDA, whose lazy-init bookkeeping
-            # (a captured stack trace per call) took 30% of this loop's time.
-            torch.default_generator.manual_seed(sample_seed(seed, epoch, int(index)))
-            views = geometric(*_as_tv_tensors(batch["rgb"][i], None if depths is None else depths[i]))
-            views = views if isinstance(views, tuple) else (views,)
-            samples.append((photometric(views[0]), *views[1:]))
+        image, *depth = _as_tv_tensors(batch["rgb"][i], None if depths is None else depths[i])
+        params = view.sample(seed, epoch, int(index), height=image.shape[-2], width=image.shape[-1])
+        samples.append(view.apply(params, image, *depth))
     return _stack(samples, batch)
 
 

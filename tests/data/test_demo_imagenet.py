@@ -14,10 +14,6 @@ from raymc.data.demo import write_demo_imagenet
 from raymc.data.imagenet import decode_rgb, scan_image_folder
 from raymc.errors import ConfigError
 
-# decode_rgb's fast path is torchvision.io.decode_jpeg, deprecated in torchvision 0.29 (kept on
-# purpose: ~1.4x faster than PIL, pinned torchvision <= 0.29.1); its warning is expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-
 CLASSES, PER_CLASS, VAL_PER_CLASS, SIZE = 6, 5, 3, (40, 30)
 
 

@@ -20,10 +20,6 @@ from raymc.data.demo import write_demo_imagenet
 from raymc.data.imagenet import BadImageError, decode_rgb
 from tests.helpers import raymc_stderr
 
-# decode_rgb's fast path is torchvision.io.decode_jpeg, deprecated in torchvision 0.29 (kept on
-# purpose: ~1.4x faster than PIL, pinned torchvision <= 0.29.1); its warning is expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-
 CLASSES, PER_CLASS, VAL_PER_CLASS = 4, 4, 2
 INFO_KEYS = {
     "dataset",

@@ -1,5 +1,5 @@
 """ImageNet through the same loop: the seed script's command line on the demo ImageFolder, and
-the prepared-Parquet path with --cache, each a real 2-worker Ray Train run on CPU."""
+the prepared-Parquet path with --cache and --decode-on device, each a real 2-worker Ray Train run on CPU."""
 
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def test_prepared_parquet_with_cache_and_bad_image_policy(demo_imagenet, tmp_pat
         "--epochs",
         "1",
         "--cache",
+        "--decode-on",
+        "device",  # the cache holds the encoded rows; the workers decode and augment each batch
         "--name",
         "cached",
         *SMALL,
