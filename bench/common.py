@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import platform
@@ -24,6 +25,7 @@ from pathlib import Path
 import psutil
 import ray
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 import raymc  # noqa: F401  (binds a local Ray to 127.0.0.1; must come before `import ray`)
 from raymc.batches import training_batches
@@ -277,6 +279,7 @@ class Epoch:
     seconds: float
     memory: MemoryPeaks
     cpu_seconds: float  # CPU time of the processes doing the arm's work (see ResourceMeter)
+    consumer_cpu_seconds: float = math.nan  # of which this process's: iterating, collating (decoding, if it does)
 
     @property
     def per_second(self) -> float:
@@ -286,12 +289,20 @@ class Epoch:
     def cpu_ms_per_sample(self) -> float:
         return 1e3 * self.cpu_seconds / self.samples
 
+    @property
+    def consumer_cpu_ms_per_sample(self) -> float:
+        return 1e3 * self.consumer_cpu_seconds / self.samples
 
-def ray_data_epoch(train: ray.data.Dataset, clock, *, batch: int, epoch: int) -> Epoch:
-    """One pass over a raymc training dataset, iterated as the training loop does
-    (`raymc.batches.training_batches`)."""
+
+def ray_data_epoch(
+    train: ray.data.Dataset, clock, *, batch: int, epoch: int, collate_fn: NumpyBatchCollateFn | None = None
+) -> Epoch:
+    """One pass over a raymc training dataset, iterated as a CPU training worker does
+    (`raymc.batches.training_batches`, with the collate step `collate_fn`)."""
     ray.get(clock.set.remote(epoch))
-    batches = training_batches(train, batch_size=batch, seed=0, epoch=epoch)
+    batches = training_batches(
+        train, batch_size=batch, seed=0, epoch=epoch, device=torch.device("cpu"), collate_fn=collate_fn
+    )
     return _consume(batches, count=lambda b: len(b["label"]), roles=RAY_ROLES)
 
 
@@ -307,7 +318,8 @@ def _consume(batches: Iterable, *, count: Callable[[object], int], roles: tuple[
     with ResourceMeter() as meter, stopwatch() as elapsed:
         for b in batches:
             samples += count(b)
-    return Epoch(samples, elapsed(), meter.peaks, sum(meter.cpu.get(role, 0.0) for role in roles))
+    cpu = sum(meter.cpu.get(role, 0.0) for role in roles)
+    return Epoch(samples, elapsed(), meter.peaks, cpu, meter.cpu.get("main", 0.0))
 
 
 @dataclass
@@ -316,7 +328,13 @@ class ArmResult:
 
     per_second: Stats
     cpu_ms_per_sample: Stats
+    consumer_cpu_ms_per_sample: Stats  # this process's share of cpu_ms_per_sample
     memory: MemoryPeaks
+
+    @property
+    def feeding_cpu_ms_per_sample(self) -> Stats:
+        """CPU ms per sample of the processes feeding this one (Ray Data's, or DataLoader workers)."""
+        return stats([t - c for t, c in zip(self.cpu_ms_per_sample.values, self.consumer_cpu_ms_per_sample.values)])
 
 
 def interleave(arms: dict[str, Callable[[int], Epoch]], reps: int) -> dict[str, ArmResult]:
@@ -335,7 +353,10 @@ def interleave(arms: dict[str, Callable[[int], Epoch]], reps: int) -> dict[str, 
         for run in runs:
             memory.merge(run.memory)
         results[name] = ArmResult(
-            stats([r.per_second for r in runs]), stats([r.cpu_ms_per_sample for r in runs]), memory
+            stats([r.per_second for r in runs]),
+            stats([r.cpu_ms_per_sample for r in runs]),
+            stats([r.consumer_cpu_ms_per_sample for r in runs]),
+            memory,
         )
     return results
 

@@ -10,11 +10,19 @@ The baseline is what a user writes by hand: `ImageFolder` (PIL decode) with torc
 PIL transforms ending in `PILToTensor` (normalization is left to the device, as raymc does).
 The demo folder's two unreadable files are removed first, so that every arm reads the same images
 (ImageFolder would stop at them). Epochs of the arms alternate; preparing Parquet is a one-off.
+
+A fourth arm reads the same Parquet with --decode-on device: Ray Data reads the JPEG bytes and draws
+each image's crop, flip and jitter, and this process (standing in for a training worker, on its CPU:
+there is no GPU here) decodes and augments each batch with raymc.batches.DecodeOnDevice. Its CPU is
+reported apart from Ray Data's: "Ray Data CPU ms" counts Ray's worker and system processes only,
+"worker CPU ms" this process (iterating and collating batches; in the device arm also decoding and
+augmenting them, which a GPU worker would do with nvJPEG on the GPU instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from raymc.batches import DecodeOnDevice
 from raymc.config import TrainConfig
 from raymc.data.augment import COLOR_JITTER
 from raymc.data.demo import write_demo_imagenet
@@ -105,10 +114,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
             name: build_datasets(source, data_spec(dataset_info(source)), config, clock)["train"]
             for name, source in sources.items()
         }
+        device_config = dataclasses.replace(config, decode_on="device")
+        parquet = sources["parquet"]
+        spec = data_spec(dataset_info(parquet))
+        trains["parquet_device"] = build_datasets(parquet, spec, device_config, clock)["train"]
+        decode_here = DecodeOnDevice(device_config, torch.device("cpu"))
         arms = {
             "dataloader": lambda e: common.loader_epoch(loader, epoch=e),
             "folder": lambda e: common.ray_data_epoch(trains["folder"], clock, batch=args.batch, epoch=e),
             "parquet": lambda e: common.ray_data_epoch(trains["parquet"], clock, batch=args.batch, epoch=e),
+            "parquet_device": lambda e: common.ray_data_epoch(
+                trains["parquet_device"], clock, batch=args.batch, epoch=e, collate_fn=decode_here
+            ),
         }
         results = common.interleave(arms, args.reps)  # the clock actor ends with its last handle
     base = results["dataloader"].per_second
@@ -120,16 +137,35 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     if ray_start_s is not None:
         note += f"; Ray start {ray_start_s:.1f} s"
     baseline = "torchvision ImageFolder + DataLoader"
+    host, device = results["parquet"], results["parquet_device"]
     rows = [
         Row.throughput(BENCH, baseline, results["dataloader"], setup, workers="loader_workers"),
         Row.throughput(BENCH, "raymc: JPEG folder -> Ray Data", results["folder"], workers="ray_workers"),
-        Row.throughput(BENCH, "raymc: Parquet -> Ray Data", results["parquet"], note, workers="ray_workers"),
+        Row.throughput(BENCH, "raymc: Parquet -> Ray Data", host, f"{note}; {_cpu_split(host)}", workers="ray_workers"),
+        Row.throughput(
+            BENCH,
+            "raymc: Parquet -> Ray Data, --decode-on device (decoded here, on the CPU)",
+            device,
+            _cpu_split(device),
+            workers="ray_workers",
+        ),
     ]
     ratios = {
-        "imagenet_parquet": results["parquet"].per_second.ratio(base),
+        "imagenet_parquet": host.per_second.ratio(base),
         "imagenet_folder": results["folder"].per_second.ratio(base),
+        "decode_cpu_ms": host.feeding_cpu_ms_per_sample.median,
+        "device_decode_cpu_ms": device.feeding_cpu_ms_per_sample.median,
     }
     return rows, ratios
+
+
+def _cpu_split(result: common.ArmResult) -> str:
+    """The arm's CPU ms per image, Ray Data's processes apart from this (the worker's) process."""
+    feeding, consumer = result.feeding_cpu_ms_per_sample, result.consumer_cpu_ms_per_sample
+    return (
+        f"Ray Data CPU ms/image {feeding.median:.2f} ({feeding.min:.2f} - {feeding.max:.2f}), "
+        f"worker CPU ms/image {consumer.median:.2f} ({consumer.min:.2f} - {consumer.max:.2f})"
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
