@@ -154,22 +154,29 @@ def _model(model_or_path: nn.Module | PathLike | RunResult) -> nn.Module:
 
 
 def open_data(
-    model_or_path: nn.Module | PathLike | RunResult, data: PathLike | None = None, split: str | None = None
+    model_or_path: nn.Module | PathLike | RunResult,
+    data: PathLike | None = None,
+    split: str | None = None,
+    *,
+    shared_fs: bool = False,
 ) -> InferenceData:
     """`data` resolved, checked against the model and preprocessed as in validation, for passing
     to several calls below without resolving it again. data: a prepared folder, an NYU .mat file
     or an ImageFolder (default: the data the model was trained on); split: "test" or "val" (the
-    held-out split, the default, whichever name the data uses) or "train"."""
-    return inference_data(model_info(_model(model_or_path)), None if data is None else os.fspath(data), split)
+    held-out split, the default, whichever name the data uses) or "train". On a cluster of several
+    nodes, local data needs shared_fs=True (mounted at the same place on every node)."""
+    return _data(_model(model_or_path), data, split, shared_fs=shared_fs)
 
 
-def _data(model: nn.Module, data: PathLike | InferenceData | None, split: str | None) -> InferenceData:
+def _data(
+    model: nn.Module, data: PathLike | InferenceData | None, split: str | None, *, shared_fs: bool = False
+) -> InferenceData:
     if isinstance(data, InferenceData):
         if split is not None and split not in (data.split, "test", "val"):
             raise ConfigError(f"split={split!r}, but the data given was opened for its {data.split} split")
         check_fits(model_info(model), data.spec, data.name)
         return data
-    return inference_data(model_info(model), None if data is None else os.fspath(data), split)
+    return inference_data(model_info(model), None if data is None else os.fspath(data), split, shared_fs=shared_fs)
 
 
 # ---------------------------------------------------------------- inference
@@ -181,15 +188,17 @@ def evaluate(
     split: str | None = None,
     *,
     batch_size: int | None = None,
+    shared_fs: bool = False,
 ) -> dict[str, Any]:
     """Loss, top-1 (acc), top-5 (acc5), mean class accuracy, per-class accuracy, confusion matrix
     (rows = true class) and pathway accuracies of a model on a split, by Ray Data batch inference.
 
     The split is preprocessed exactly as training validated it, so on the run's own data the
-    best checkpoint reproduces the best epoch's val_acc and val_mean_class_acc.
+    best checkpoint reproduces the best epoch's val_acc and val_mean_class_acc. shared_fs: as in
+    open_data.
     """
     model = _model(model_or_path)
-    prepared = _data(model, data, split)
+    prepared = _data(model, data, split, shared_fs=shared_fs)
     counted = run_inference(CountBatches, as_payload(model), prepared, batch_size=batch_size)
     metrics = metrics_from_counts(count_totals(counted, prepared.spec.num_classes), prepared.spec.classes)
     info = model_info(model)
@@ -210,14 +219,15 @@ def predict(
     *,
     batch_size: int | None = None,
     probs: bool = False,
+    shared_fs: bool = False,
 ) -> ray.data.Dataset:
     """One row per sample: index (its id in the data set), label and true_class, pred and
     pred_class, correct, and the top-5 as top5_label, top5_class, top5_prob (highest first);
-    with probs=True also every class's probability. Lazy: `.to_pandas()`, `.write_parquet()`."""
+    with probs=True also every class's probability. Lazy: `.to_pandas()`, `.write_parquet()`.
+    shared_fs: as in open_data."""
     model = _model(model_or_path)
-    return run_inference(
-        PredictBatches, as_payload(model), _data(model, data, split), batch_size=batch_size, probs=probs
-    )
+    prepared = _data(model, data, split, shared_fs=shared_fs)
+    return run_inference(PredictBatches, as_payload(model), prepared, batch_size=batch_size, probs=probs)
 
 
 def analyze_pathways(
@@ -279,3 +289,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="test or val: the held-out split, whichever name the data uses (default); or train",
     )
     parser.add_argument(*flag_names("batch_size"), type=int, metavar="N", help="rows per model call (default: 64)")
+    parser.add_argument(
+        *flag_names("shared_fs"),
+        action="store_true",
+        help="a local --data (or the model's training data) is mounted at the same place on every node of "
+        "the cluster; without it, a cluster of several nodes refuses local paths (use s3:// or gs://)",
+    )

@@ -62,7 +62,8 @@ def finished_run(config: TrainConfig, storage_path: str, name: str) -> ray.train
     trained, or stopped early), so that the same command run again publishes it at once instead
     of starting workers that would find nothing left to do."""
     try:
-        result = ray.train.Result.from_path(storage.join(storage_path, name))
+        path, filesystem = storage.ray_location(storage.join(storage_path, name))
+        result = ray.train.Result.from_path(path, storage_filesystem=filesystem)
     except RuntimeError:  # no run folder, or no checkpoint registered in it yet
         return None
     if result.checkpoint is None:
@@ -81,9 +82,11 @@ def recorded_wall_time(storage_path: str, name: str) -> float | None:
 
 def default_run_config(name: str, storage_path: str, *, max_failures: int = 0, **kwargs: Any) -> RunConfig:
     """Ray Train run settings: newest checkpoint kept (it carries the best weights), quiet logs."""
+    path, filesystem = storage.ray_location(storage_path)
     return RunConfig(
         name=name,
-        storage_path=storage_path,
+        storage_path=path,
+        storage_filesystem=filesystem,
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         failure_config=FailureConfig(max_failures=max_failures),
         logging_config=LoggingConfig(log_level="WARNING"),

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     model = load_model(args.checkpoint)
-    data = open_data(model, args.data, args.split)
+    data = open_data(model, args.data, args.split, shared_fs=args.shared_fs)
     metrics = evaluate(model, data, batch_size=args.batch_size)
     written = write_evaluation(args.out, metrics, show_predictions(model, data))
     _print_metrics(metrics)

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from raymc.analysis import pathway_logits
-from raymc.cluster import init_ray
-from raymc.data.pipeline import TRAIN_SPLIT, DataSpec, data_spec, dataset_info, eval_rows, to_model_inputs
-from raymc.data.sources import resolve_data
+from raymc.cluster import alive_nodes, check_shared_paths, init_ray
+from raymc.data.pipeline import TRAIN_SPLIT, data_spec, dataset_info, eval_rows
+from raymc.data.sources import data_locations, resolve_data
+from raymc.data.spec import DataSpec, to_model_inputs
 from raymc.errors import ConfigError, DataError
 from raymc.metrics import TOP_K, batch_counts, mean_class_accuracy, per_class_accuracy
 from raymc.models import family_for_streams
@@ -97,15 +98,18 @@ def split_name(split: str | None, spec: DataSpec, name: str) -> str:
     return chosen
 
 
-def inference_data(info: ModelInfo, data: str | None, split: str | None) -> InferenceData:
+def inference_data(info: ModelInfo, data: str | None, split: str | None, *, shared_fs: bool = False) -> InferenceData:
     """Resolve `data` (prepared folder, NYU .mat, ImageFolder; None: the model's training data),
-    check that it fits the model, and return its preprocessed rows of `split`."""
-    config, source = resolve_data(_data_config(info, data))
+    check that it fits the model, and return its preprocessed rows of `split`. Ray Data tasks on
+    any node read it, so on a cluster of several nodes a local path needs `shared_fs`."""
+    config = _data_config(info, data)
+    init_ray()
+    check_shared_paths(data_locations(config), shared_fs=shared_fs, nodes=alive_nodes())
+    config, source = resolve_data(config)
     name = str(data) if data is not None else (info.config.data or "the demo NYU set")
     spec = data_spec(dataset_info(source))
     check_fits(info, spec, name)
     chosen = split_name(split, spec, name)
-    init_ray()
     return InferenceData(rows=eval_rows(source, spec, chosen, config), spec=spec, split=chosen, name=name)
 
 

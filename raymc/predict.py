@@ -49,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rows = write_predictions(
-        predict(args.checkpoint, args.data, args.split, batch_size=args.batch_size, probs=args.probs), args.out
+        predict(
+            args.checkpoint,
+            args.data,
+            args.split,
+            batch_size=args.batch_size,
+            probs=args.probs,
+            shared_fs=args.shared_fs,
+        ),
+        args.out,
     )
     print(f"wrote {rows} predictions to {args.out}")
     return 0

@@ -75,6 +75,17 @@ def filesystem(location: PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
         return _s3_filesystem(parts.netloc), path
 
 
+def ray_location(location: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Ray Train's and Tune's `storage_path`/`storage_filesystem` for a run or experiment folder: on
+    an object store raymc's filesystem (connect timeout, bounded retries, the configured endpoint)
+    with the path inside it, so that Ray's checkpoint uploads fail as fast as raymc's own reads;
+    a local path as it is. The filesystem pickles without credentials (workers use their own)."""
+    if not is_uri(location):
+        return location, None
+    fs, path = filesystem(location)
+    return path, fs
+
+
 def _s3_filesystem(bucket: str) -> pyarrow.fs.S3FileSystem:
     """S3 with timeouts and a bounded retry, at the configured endpoint or at AWS in the bucket's
     region (what `FileSystem.from_uri` resolves too); keys come from the standard AWS chain."""
@@ -160,8 +171,12 @@ def _where() -> str:
 
 
 def _resolve(location: PathLike, fs: pyarrow.fs.FileSystem | None) -> tuple[pyarrow.fs.FileSystem, str]:
-    """`location` within `fs` when one is given (e.g. a Ray checkpoint's), else resolved from it."""
-    return (fs, os.fspath(location)) if fs is not None else filesystem(location)
+    """`location` within `fs` when one is given (a path within it, e.g. a Ray checkpoint's, or a
+    URI of the same store, to save rebuilding its filesystem), else resolved from it."""
+    if fs is None:
+        return filesystem(location)
+    text = os.fspath(location)
+    return fs, (text.split("://", 1)[1] if is_uri(text) else text)
 
 
 def is_file(location: PathLike, *, fs: pyarrow.fs.FileSystem | None = None) -> bool:

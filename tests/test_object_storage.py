@@ -5,6 +5,7 @@ and marker, reading back through the marker, and each bad-storage case as a one-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -17,10 +18,13 @@ import pytest
 import ray
 
 from raymc import prepare, storage
+from raymc.config import TrainConfig
 from raymc.data import nyu_prepare
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
+from raymc.data.imagenet import decode_batch, scan_image_folder
 from raymc.data.pipeline import read_dataset_info, split_files
 from raymc.data.publish import GENERATION, MARKER_FILE, live_folder, run_shard_tasks
+from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, DataError
 from tests.helpers import RAY_FORWARDED_LINE
 from tests.s3_server import TEST_SECRET_KEY, S3Server, closed_port, running_moto
@@ -250,3 +254,33 @@ def test_demo_writers_and_imagenet_prepare_write_to_s3(
     assert bad_images in capsys.readouterr().out
     assert len(storage.read_bytes(bad_images).decode().splitlines()) == 1 + 2
     assert split_files(uri, "train") and split_files(uri, "val")
+
+    # The same tree read where it is on the bucket: listed, labelled and prepared as the local copy.
+    remote = f"s3://{bucket}/imagenet"
+    local_index, remote_index = scan_image_folder(folder), scan_image_folder(remote)
+    assert remote_index.root == remote and remote_index.classes == local_index.classes
+    for split, rows in local_index.rows.items():
+        as_remote = [dataclasses.replace(r, path=r.path.replace(str(folder), remote)) for r in rows]
+        assert remote_index.rows[split] == as_remote
+    assert prepare.main(["imagenet", "--data-dir", remote, "--out", f"{uri}-from-s3"]) == 0
+    from_s3 = read_dataset_info(f"{uri}-from-s3")
+    assert {**from_s3, "source": None} == {**info, "source": None} and from_s3["source"] == remote
+    bad_from_s3 = storage.read_bytes(storage.join(live_folder(f"{uri}-from-s3"), "bad_images.csv"))
+    assert bad_from_s3 == storage.read_bytes(bad_images)  # the same files named, relative to the folder
+
+
+def test_an_image_folder_on_s3_is_data_and_a_mat_file_there_is_prepared_first(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    sizes = {"classes": 2, "per_class": 2, "val_per_class": 1, "image_size": (32, 32)}
+    folder = write_demo_imagenet(f"s3://{bucket}/imagenet", **sizes)
+    config, source = resolve_data(TrainConfig(data=str(folder)))
+    assert (source.kind, source.location, config.model) == ("imagenet", f"s3://{bucket}/imagenet", "sd_resnet50")
+    rows = source.folder_index.rows["train"]
+    assert [len(source.folder_index.rows[split]) for split in ("train", "val")] == [2 * 2 + 2, 2]  # + 2 bad files
+    batch = {"path": [r.path for r in rows], "label": [r.label for r in rows], "index": [r.index for r in rows]}
+    decoded = decode_batch(batch)  # read through the bucket's filesystem; the bad files are skipped
+    assert len(decoded["rgb"]) == 2 * 2 and all(image.shape[2] == 3 for image in decoded["rgb"])
+    with pytest.raises(DataError, match=r"--data s3://\S+\.mat: .*python -m raymc.prepare nyu --mat"):
+        resolve_data(TrainConfig(data=f"s3://{bucket}/raw/nyu_depth_v2_labeled.mat"))
+    with pytest.raises(DataError, match="no prepared data set"):
+        resolve_data(TrainConfig(data=f"s3://{bucket}/nothing-here"))

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs
 import pytest
 
 from raymc import storage
@@ -41,3 +42,10 @@ def test_a_folder_is_uploaded_whole(tmp_path):
     (tmp_path / "src" / "sub" / "a.txt").write_text("a")
     storage.upload_folder(tmp_path / "src", tmp_path / "dst")
     assert (tmp_path / "dst" / "sub" / "a.txt").read_text() == "a"
+
+
+def test_ray_gets_raymcs_s3_filesystem_with_the_path_inside_it_and_local_paths_as_they_are(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing is sent: the filesystem is only built
+    path, filesystem = storage.ray_location("s3://bucket/runs")
+    assert path == "bucket/runs" and isinstance(filesystem, pyarrow.fs.S3FileSystem)
+    assert storage.ray_location(str(tmp_path)) == (str(tmp_path), None)

@@ -11,24 +11,29 @@ Parquet shards.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import io
 import logging
 import math
 import os
+import posixpath
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import ray
-import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.io import ImageReadMode, decode_jpeg
 
+from raymc import storage
+from raymc.data.jpeg import as_tensor, decode_rgb_jpegs
 from raymc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ SPLITS: tuple[str, str] = ("train", "val")
 BAD_IMAGE_POLICIES: tuple[str, str] = ("skip", "fail")
 SHARD_ROWS = 1024  # images per Parquet shard and Ray task: ~110 MB of original ImageNet JPEGs
 MIN_SHARDS = 8  # per split: enough Ray tasks to keep a small cluster busy on small folders
+LIST_THREADS = 16  # class folders listed at once (I/O-bound requests on an object store)
+READ_THREADS = 16  # files of one Ray task read at once from an object store
 
 _LAYOUT = (
     "expected the ImageFolder layout DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG "
@@ -89,7 +96,7 @@ class ImageRow:
 class ImageFolderIndex:
     """Every file of train/ and val/ with its label, listed once before any image is read."""
 
-    root: Path
+    root: str  # the folder: an absolute local path or a URI (s3://...)
     classes: tuple[str, ...]  # sorted train wnids: label i is classes[i]
     rows: dict[str, list[ImageRow]]  # "train", "val" -> rows in sorted path order
 
@@ -97,13 +104,16 @@ class ImageFolderIndex:
 def scan_image_folder(data_dir: str | os.PathLike) -> ImageFolderIndex:
     """List train/ and val/, label both by the sorted train class folders, and check val has no
     class that train lacks. Every non-hidden file of a class folder is a row, images or not, so
-    that reading can report the bad ones instead of silently dropping them."""
-    root = Path(data_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError(f"{root}: ImageNet folder not found (key 'data_dir'); {_LAYOUT}")
-    train_dir, val_dir = (_split_dir(root, split) for split in SPLITS)
-    classes = _class_folders(train_dir)
-    val_classes = _class_folders(val_dir)
+    that reading can report the bad ones instead of silently dropping them.
+
+    `data_dir` is a local folder or a URI: the tree is listed in one recursive listing of its
+    filesystem (on an object store, a few paged LIST requests instead of one per folder; locally,
+    symlinked folders are followed, as torchvision's ImageFolder does)."""
+    root = storage.as_uri(data_dir)
+    tree = _list_tree(root)
+    train_dir, val_dir = (_split_dir(root, tree, split) for split in SPLITS)
+    classes = _class_folders(train_dir, tree)
+    val_classes = _class_folders(val_dir, tree)
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise DataError(
@@ -113,41 +123,81 @@ def scan_image_folder(data_dir: str | os.PathLike) -> ImageFolderIndex:
         )
     label_of = {wnid: label for label, wnid in enumerate(classes)}
     rows = {
-        "train": _scan_split(train_dir, classes, label_of),
-        "val": _scan_split(val_dir, val_classes, label_of),
+        "train": _split_rows(train_dir, tree, classes, label_of),
+        "val": _split_rows(val_dir, tree, val_classes, label_of),
     }
     if not rows["train"]:
         raise DataError(f"{train_dir}: the class folders hold no files (key 'data_dir'); {_LAYOUT}")
     return ImageFolderIndex(root=root, classes=classes, rows=rows)
 
 
-def _split_dir(root: Path, split: str) -> Path:
+@dataclass(frozen=True)
+class _Tree:
+    """A recursive listing: the relative paths (posix) of the non-hidden folders and files."""
+
+    folders: frozenset[str]
+    files: tuple[str, ...]  # sorted
+
+
+def _list_tree(root: str) -> _Tree:
+    """Everything under `root` whose path has no hidden part (.DS_Store, ._* resource forks and
+    hidden folders are system files, not samples). The split folders are listed first, then each
+    class folder recursively in LIST_THREADS threads: on an object store one recursive listing of
+    ImageNet is ~1,300 paged requests in a row, the class folders' listings go side by side."""
+    fs, base = storage.filesystem(root)
+
+    def listing(path: str, *, recursive: bool = False) -> list[pyarrow.fs.FileInfo]:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive))
+        return [i for i in infos if not posixpath.basename(i.path).startswith(".")]
+
+    def folders_in(infos: list[pyarrow.fs.FileInfo]) -> list[str]:
+        return [i.path for i in infos if i.type == pyarrow.fs.FileType.Directory]
+
+    with storage.named_errors(root):
+        if fs.get_file_info(base).type != pyarrow.fs.FileType.Directory:
+            raise DataError(f"{root}: ImageNet folder not found (key 'data_dir'); {_LAYOUT}")
+        infos = listing(base)
+        class_level = [info for split in folders_in(infos) for info in listing(split)]
+        with concurrent.futures.ThreadPoolExecutor(LIST_THREADS) as pool:
+            nested = pool.map(functools.partial(listing, recursive=True), folders_in(class_level))
+            infos += class_level + [info for infos_of_class in nested for info in infos_of_class]
+    folders, files = set(), []
+    for info in infos:
+        relative = info.path[len(base) :].strip("/")
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if info.type == pyarrow.fs.FileType.Directory:
+            folders.add(relative)
+        elif info.type == pyarrow.fs.FileType.File:
+            files.append(relative)
+    return _Tree(frozenset(folders), tuple(sorted(files)))
+
+
+def _split_dir(root: str, tree: _Tree, split: str) -> str:
     """DIR/train or DIR/val, which must exist as folders."""
-    folder = root / split
-    if not folder.is_dir():
-        raise DataError(f"{folder}: {split}/ folder not found (key 'data_dir'); {_LAYOUT}")
-    return folder
+    if split not in tree.folders:
+        raise DataError(f"{storage.join(root, split)}: {split}/ folder not found (key 'data_dir'); {_LAYOUT}")
+    return storage.join(root, split)
 
 
-def _class_folders(split_dir: Path) -> tuple[str, ...]:
-    """The sorted, non-hidden sub-folders of a split; a split without any is not ImageFolder."""
-    entries = list(os.scandir(split_dir))
-    names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+def _class_folders(split_dir: str, tree: _Tree) -> tuple[str, ...]:
+    """The sorted sub-folders of a split; a split without any is not ImageFolder."""
+    split = posixpath.basename(split_dir)
+    names = sorted(posixpath.basename(f) for f in tree.folders if posixpath.dirname(f) == split)
     if not names:
-        loose = sum(1 for e in entries if e.is_file())
+        loose = sum(1 for f in tree.files if posixpath.dirname(f) == split)
         raise DataError(f"{split_dir}: no class folders, {loose} loose file(s) (key 'data_dir'); {_LAYOUT}")
     return tuple(names)
 
 
-def _scan_split(split_dir: Path, wnids: tuple[str, ...], label_of: dict[str, int]) -> list[ImageRow]:
-    """Rows of one split in sorted path order (walking nested folders, as torchvision does);
-    hidden files and folders (.DS_Store, ._* resource forks) are system files, not samples."""
-    found: list[tuple[str, str]] = []
-    for wnid in wnids:
-        for folder, dirs, files in os.walk(split_dir / wnid, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found.extend((os.path.join(folder, f), wnid) for f in files if not f.startswith("."))
-    found.sort()
+def _split_rows(split_dir: str, tree: _Tree, wnids: tuple[str, ...], label_of: dict[str, int]) -> list[ImageRow]:
+    """Rows of one split in sorted path order, files of nested folders included (as torchvision)."""
+    split, wanted = posixpath.basename(split_dir), set(wnids)
+    found = []
+    for relative in tree.files:  # sorted, so rows come in sorted path order
+        parts = relative.split("/")
+        if len(parts) >= 3 and parts[0] == split and parts[1] in wanted:
+            found.append((storage.join(split_dir, *parts[1:]), parts[1]))
     return [ImageRow(path=p, label=label_of[w], wnid=w, index=i) for i, (p, w) in enumerate(found)]
 
 
@@ -212,17 +262,25 @@ def check_on_bad_image(on_bad_image: str) -> None:
         )
 
 
-def read_image_file(path: str) -> bytes:
-    """The bytes of an image file; a file without an image extension is reported, not read
-    (a stray archive or video in a class folder would otherwise be loaded whole)."""
-    suffix = Path(path).suffix.lower()
+def read_image_file(path: str, *, fs: pyarrow.fs.FileSystem | None = None) -> bytes:
+    """The bytes of an image file (a local path, or a URI read through `fs`, the filesystem of its
+    folder: building an S3 filesystem costs about 2 ms, so callers make one per batch of files); a
+    file without an image extension is reported, not read (a stray archive or video in a class
+    folder would otherwise be loaded whole)."""
+    suffix = posixpath.splitext(path)[1].lower()
     if suffix not in IMG_EXTENSIONS:
         known = ", ".join(IMG_EXTENSIONS)
         raise BadImageError(path, f"not an image file: extension {suffix or '(none)'!r} is not one of {known}")
     try:
-        return Path(path).read_bytes()
+        return storage.read_bytes(path, fs=fs) if storage.is_uri(path) else Path(path).read_bytes()
     except OSError as e:
         raise BadImageError(path, f"cannot read the file: {e.strerror or e}") from e
+
+
+def _folder_filesystem(paths: Sequence[str]) -> pyarrow.fs.FileSystem | None:
+    """The filesystem to read a batch of image files through: their object store's, or None for
+    local files (read directly)."""
+    return storage.filesystem(paths[0])[0] if len(paths) and storage.is_uri(paths[0]) else None
 
 
 def decode_rgb(data: bytes, *, path: str, draft_size: int | None = None) -> np.ndarray:
@@ -247,33 +305,78 @@ def decode_batch(
     """For `map_batches(batch_format="numpy")`: rows {label, index, image (bytes) or path} ->
     {rgb (object array of H x W x 3 uint8), label, index}; bad rows are left out with a
     warning naming the file under "skip", or raise BadImageError under "fail"."""
-    check_on_bad_image(on_bad_image)
     if draft_size is not None and draft_size < 1:
         raise ConfigError(f"draft size {draft_size} (key 'draft_size') must be >= 1, or unset")
-    images, keep = [], []
-    for i in range(len(batch["label"])):
-        name = str(batch["path"][i]) if "path" in batch else f"row index {batch['index'][i]}"
-        try:
-            data = batch["image"][i] if "image" in batch else read_image_file(name)
-            images.append(decode_rgb(data, path=name, draft_size=draft_size))
-        except BadImageError as e:
-            if on_bad_image == "fail":
-                raise
-            logger.warning("skipping bad image %s: %s", e.path, e.reason)
-            continue
-        keep.append(i)
+    images, keep = read_rows(
+        batch, on_bad_image=on_bad_image, read=lambda data, name: decode_rgb(data, path=name, draft_size=draft_size)
+    )
     return {
-        "rgb": _object_array(images),
+        "rgb": object_array(images),
         "label": np.asarray(batch["label"])[keep].astype(np.int64),
         "index": np.asarray(batch["index"])[keep].astype(np.int64),
     }
 
 
-def _object_array(arrays: list[np.ndarray]) -> np.ndarray:
-    """A 1-D object array holding each array whole (numpy would stack equal shapes)."""
-    out = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        out[i] = a
+T = TypeVar("T")
+
+
+def read_rows(
+    batch: dict[str, np.ndarray], *, on_bad_image: str, read: Callable[[bytes, str], T]
+) -> tuple[list[T], list[int]]:
+    """`read(bytes, name)` of each row {label, index, image (bytes) or path}, and the positions of
+    the rows read: a row whose file is bad (BadImageError) is left out under --on-bad-image skip."""
+    check_on_bad_image(on_bad_image)
+    results, keep = [], []
+    names = [row_name(batch, i) for i in range(len(batch["label"]))]
+    encoded = batch["image"] if "image" in batch else fetch_files(names)
+    for i, (name, data) in enumerate(zip(names, encoded, strict=True)):
+        try:
+            if isinstance(data, BadImageError):
+                raise data
+            results.append(read(data, name))
+        except BadImageError as e:
+            skip_or_raise(e, on_bad_image)
+            continue
+        keep.append(i)
+    return results, keep
+
+
+def fetch_files(paths: Sequence[str]) -> Iterator[bytes | BadImageError]:
+    """The bytes of each file in order, or the BadImageError reading it raised. Local files are
+    read one by one; from an object store READ_THREADS at a time, through one filesystem, so that
+    each request's round trip (two per file: pyarrow asks for the size first) overlaps the others'."""
+    fs = _folder_filesystem(paths)
+
+    def fetch(path: str) -> bytes | BadImageError:
+        try:
+            return read_image_file(path, fs=fs)
+        except BadImageError as e:
+            return e
+
+    if fs is None:
+        yield from map(fetch, paths)
+        return
+    with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+        yield from pool.map(fetch, paths)
+
+
+def row_name(batch: dict[str, np.ndarray], i: int) -> str:
+    """What an error names row i by: its file, else its index."""
+    return str(batch["path"][i]) if "path" in batch else f"row index {batch['index'][i]}"
+
+
+def skip_or_raise(error: BadImageError, on_bad_image: str) -> None:
+    """--on-bad-image for one bad file: raise it ("fail"), or log that it is left out ("skip")."""
+    if on_bad_image == "fail":
+        raise error
+    logger.warning("skipping bad image %s: %s", error.path, error.reason)
+
+
+def object_array(items: list) -> np.ndarray:
+    """A 1-D object array holding each item whole (numpy would stack equal shapes)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
     return out
 
 
@@ -307,8 +410,7 @@ def _draft_applies(img: Image.Image, draft_size: int | None) -> bool:
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     """torchvision's libjpeg-turbo decode, or None where it refuses (PIL then says why)."""
     try:
-        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        chw = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+        (chw,) = decode_rgb_jpegs([as_tensor(data)])
     except RuntimeError:
         return None
     return chw.permute(1, 2, 0).contiguous().numpy()

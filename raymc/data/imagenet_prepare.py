@@ -13,7 +13,6 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +28,10 @@ from raymc.data.imagenet import (
     ImageRow,
     check_on_bad_image,
     decode_rgb,
+    fetch_files,
     is_plain_jpeg,
     load_rgb,
     open_image,
-    read_image_file,
     scan_image_folder,
     shard_rows,
 )
@@ -135,11 +134,11 @@ def _shard_jobs(index: ImageFolderIndex, folder: str, *, max_side: int | None, o
     return jobs
 
 
-def _raise_bad(root: Path, result: ShardResult) -> None:
+def _raise_bad(root: str, result: ShardResult) -> None:
     """Under "fail", raise the bad file a shard stopped at, by its full path."""
     if result.bad:
         path, reason = result.bad[0]
-        raise BadImageError(str(root / path), reason)
+        raise BadImageError(storage.join(root, path), reason)
 
 
 @ray.remote
@@ -149,10 +148,11 @@ def _write_shard(job: ShardJob) -> ShardResult:
     keys = ("image", "label", "wnid", "path", "index", "height", "width")
     columns: dict[str, list] = {key: [] for key in keys}
     bad = []
-    for row in job.rows:
-        relative = Path(row.path).relative_to(job.root).as_posix()
+    for row, data in zip(job.rows, fetch_files([row.path for row in job.rows]), strict=True):
+        relative = row.path.removeprefix(f"{job.root}/")
         try:
-            data = read_image_file(row.path)
+            if isinstance(data, BadImageError):
+                raise data
             image, height, width = _stored_image(data, path=row.path, max_side=job.max_side)
         except BadImageError as e:
             bad.append((relative, e.reason))

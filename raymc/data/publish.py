@@ -178,7 +178,8 @@ def run_shard_tasks(
     before it was set, or a cluster's workers, would not have it.
     """
     env = storage.worker_env()  # the object store's endpoint, so a task reaches what the driver does
-    task = task.options(runtime_env={"env_vars": env}) if env else task
+    # SPREAD: on a cluster every node decodes its share, rather than the driver's node filling up first.
+    task = task.options(scheduling_strategy="SPREAD", **({"runtime_env": {"env_vars": env}} if env else {}))
     refs = [task.remote(job) for job in jobs]
     position = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)

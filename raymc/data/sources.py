@@ -17,6 +17,7 @@ from raymc.data.demo import write_demo_nyu
 from raymc.data.imagenet import scan_image_folder
 from raymc.data.nyu_prepare import prepared_nyu_cache
 from raymc.data.pipeline import DataSource, read_dataset_info
+from raymc.data.publish import INFO_FILE, MARKER_FILE
 from raymc.errors import ConfigError, DataError
 from raymc.models import family_for_streams, model_family
 from raymc.pretrained import locate
@@ -52,7 +53,12 @@ def _find_source(config: TrainConfig) -> DataSource:
     if config.data is None:
         return _prepared_mat(demo_nyu_mat(), config)
     if storage.is_uri(config.data):
-        return DataSource(read_dataset_info(config.data).get("dataset", "nyu"), config.data)
+        if config.data.lower().endswith(".mat"):
+            raise DataError(
+                f"--data {config.data}: an NYU .mat file on object storage is prepared once, not by each run: "
+                f"`python -m raymc.prepare nyu --mat {config.data} --out <prefix>`, then --data <prefix>"
+            )
+        return _folder_source(config.data)
     path = Path(config.data).expanduser()
     if not path.exists():
         raise DataError(f"--data {config.data}: no such file or folder")
@@ -60,24 +66,36 @@ def _find_source(config: TrainConfig) -> DataSource:
         if path.suffix.lower() != ".mat":
             raise DataError(f"--data {config.data}: expected an NYU .mat file, an ImageFolder or a prepared folder")
         return _prepared_mat(path, config)
-    if (path / "dataset_info.json").is_file():
-        return DataSource(read_dataset_info(str(path)).get("dataset", "nyu"), str(path.resolve()))
-    if (path / "train").is_dir():
-        return DataSource("imagenet", str(path.resolve()), folder_index=scan_image_folder(path))
+    return _folder_source(str(path.resolve()))
+
+
+def _folder_source(folder: str) -> DataSource:
+    """A prepared folder (dataset_info.json, or on an object store its publication marker) or an
+    ImageFolder tree (a train/ folder), local or on an object store, both read where they are."""
+    entries = storage.names(folder)
+    if "train" in entries and not {INFO_FILE, MARKER_FILE} & set(entries):
+        return DataSource("imagenet", folder, folder_index=scan_image_folder(folder))
+    if storage.is_uri(folder) or INFO_FILE in entries:
+        return DataSource(read_dataset_info(folder).get("dataset", "nyu"), folder)
     raise DataError(
-        f"--data {config.data}: neither a prepared folder (no dataset_info.json) nor an ImageFolder "
+        f"--data {folder}: neither a prepared folder (no dataset_info.json) nor an ImageFolder "
         f"(no train/ folder); prepare it with `python -m raymc.prepare` or point at the right folder"
     )
 
 
-def shared_locations(config: TrainConfig) -> dict[str, str]:
-    """What a run's Ray tasks and workers on any node read or write, by the flag that names it: the
-    data, the cache a demo set or .mat file is prepared into, and the run folder's storage path."""
-    locations = {"--out": config.out}
-    if config.data is not None:
-        locations["--data"] = config.data
+def data_locations(config: TrainConfig) -> dict[str, str]:
+    """What Ray tasks on any node read of a run's data, by the flag that names it: the data, and
+    the cache a demo set or .mat file is prepared into."""
+    locations = {} if config.data is None else {"--data": config.data}
     if config.data is None or config.data.lower().endswith(".mat"):
         locations["the data cache (RAYMC_CACHE)"] = str(cache_root())
+    return locations
+
+
+def shared_locations(config: TrainConfig) -> dict[str, str]:
+    """What a run's Ray tasks and workers on any node read or write, by the flag that names it: its
+    data locations, the run folder's storage path and the pretrained weights."""
+    locations = {"--out": config.out, **data_locations(config)}
     if config.pretrained not in (None, "imagenet"):  # imagenet: each node reads its own torch hub cache
         locations["--pretrained"] = config.pretrained
     return locations

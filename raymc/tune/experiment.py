@@ -198,7 +198,7 @@ class Experiment:
 
 def check_experiment_folder(experiment: Experiment) -> None:
     """A new experiment needs a free name; --resume needs the same settings as the original."""
-    exists = tune.Tuner.can_restore(experiment.path)
+    exists = tune.Tuner.can_restore(*storage.ray_location(experiment.path))
     if exists and not experiment.settings.resume:
         raise ConfigError(f"experiment {experiment.path} already exists; pass --resume to continue it, or a new --name")
     if not exists and experiment.settings.resume:
@@ -253,7 +253,8 @@ def run_search(config: TrainConfig, settings: SearchSettings, space: SearchSpace
     )
     trainable = make_trainable(experiment.base, source, spec, resources, experiment.trials_storage)
     if settings.resume:
-        tuner = tune.Tuner.restore(experiment.path, trainable=trainable, resume_unfinished=True)
+        path, filesystem = storage.ray_location(experiment.path)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, storage_filesystem=filesystem)
     else:
         tuner = build_tuner(
             trainable,

@@ -222,5 +222,8 @@ def build_tuner(
         max_concurrent_trials=max_concurrent,
         trial_dirname_creator=trial_dirname,
     )
-    run_config = tune.RunConfig(name=name, storage_path=storage_path, verbose=0, callbacks=callbacks)
+    path, filesystem = storage.ray_location(storage_path)
+    run_config = tune.RunConfig(
+        name=name, storage_path=path, storage_filesystem=filesystem, verbose=0, callbacks=callbacks
+    )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)

@@ -25,6 +25,7 @@ from ray.cluster_utils import Cluster
 from registered import latest_registered, registered_epochs  # beside this script, which runs as a file
 
 import raymc  # noqa: F401  (binds the cluster to 127.0.0.1 before ray is imported)
+from raymc import api
 from raymc.config import build_config
 from raymc.data.demo import write_demo_nyu
 from raymc.data.nyu_prepare import prepare_nyu
@@ -112,6 +113,12 @@ def main(workdir: Path) -> None:
         threading.Thread(target=lose_two_nodes, daemon=True).start()
         result = run_training(config)
         print("EPOCHS", json.dumps([row["epoch"] for row in result.history]))
+        best = run_dir / "best_model.pt"
+        try:  # evaluation's Ray Data tasks read the model's (local) training data on any node
+            api.evaluate(best)
+        except ConfigError as refused:
+            print("EVAL-REFUSED", refused, flush=True)
+        print("EVAL-SHARED", json.dumps(api.evaluate(best, shared_fs=True)["acc"]), flush=True)
         run_training(dataclasses.replace(config, name="reference"))
     finally:
         ray.shutdown()

@@ -113,6 +113,12 @@ def test_local_paths_on_several_nodes_are_refused_without_shared_fs(node_losses)
     assert re.search(r"REFUSED --out \S+ is a local path, but this Ray cluster has 4 nodes.*--shared-fs", log)
 
 
+def test_evaluation_on_several_nodes_refuses_local_data_without_shared_fs(node_losses):
+    _, log, _ = node_losses
+    assert re.search(r"EVAL-REFUSED --data \S+ is a local path, but this Ray cluster has \d nodes.*--shared-fs", log)
+    assert 0.0 <= json.loads(log.split("EVAL-SHARED", 1)[1].split()[0]) <= 1.0
+
+
 def test_losing_a_node_mid_run_recovers_with_max_failures(node_losses):
     epochs, log, _ = node_losses
     assert "LOST" in log
