@@ -21,6 +21,22 @@ from raymc.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_CPU_WORKERS = 2  # a training run's workers on a cluster without GPUs
+# Nodes with this label (cluster.yaml's cpu_data type) run raymc's Ray Data work when any is up.
+DATA_POOL_LABEL = "raymc-pool"
+DATA_POOL = "data"
+
+
+def data_pool_nodes() -> int:
+    """Alive nodes of the CPU-only data pool (label raymc-pool=data)."""
+    return sum(1 for node in ray.nodes() if node["Alive"] and node.get("Labels", {}).get(DATA_POOL_LABEL) == DATA_POOL)
+
+
+def data_task_options() -> dict[str, dict[str, str]]:
+    """Ray remote arguments for raymc's Ray Data reads and views: on the data pool when one is up
+    as the data set is built, so decoding and augmentation leave the training nodes' CPUs alone;
+    anywhere otherwise. Reads and views must get the same arguments, or Ray Data stops fusing
+    them into one task (and full-size pixels would cross the object store)."""
+    return {"label_selector": {DATA_POOL_LABEL: DATA_POOL}} if data_pool_nodes() else {}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from raymc.driver import (
 )
 from raymc.errors import RaymcError, cli_main
 from raymc.ray_compat import raymc_cause
-from raymc.resources import worker_resources
+from raymc.resources import DATA_POOL, DATA_POOL_LABEL, data_pool_nodes, worker_resources
 from raymc.seed_compat import add_seed_script_arguments
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def run_training(config: TrainConfig) -> TrainingResult:
         resources.cpus,
         resources.gpus,
     )
+    if pool := data_pool_nodes():
+        logger.info("Ray Data works on the data pool: %d node(s) labelled %s=%s", pool, DATA_POOL_LABEL, DATA_POOL)
     run_config = default_run_config(name, storage_path, max_failures=config.max_failures)
     trainer = make_trainer(config, source=source, spec=spec, resources=resources, run_config=run_config)
     try:

@@ -1,7 +1,7 @@
-"""Ray Data datasets for training: read prepared Parquet, preprocess on CPUs, normalize on device.
+"""Ray Data datasets for training: read prepared Parquet, preprocess on CPUs.
 
 Ray Data does the CPU work (decode, crop, flip, jitter) and ships uint8 RGB and float32 metric
-depth to the workers; normalization happens on the worker's device, where it is nearly free.
+depth to the workers, which normalize on their device (raymc.data.spec).
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ import pyarrow
 import pyarrow.fs
 import pyarrow.parquet as pq
 import ray
-import torch
 from ray.data import FileShuffleConfig, RandomSeedConfig
 from ray.data.expressions import col
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raymc import storage
-from raymc.config import TrainConfig
-from raymc.data import imagenet
+from raymc.config import TrainConfig, check_decode_on
+from raymc.data import device_decode, imagenet
 from raymc.data.augment import augment_batch, eval_batch, val_short_side
 from raymc.data.publish import INFO_FILE, live_folder
+from raymc.data.spec import RGB_STREAM, DataSpec, StreamSpec
 from raymc.errors import ConfigError, DataError
+from raymc.resources import data_task_options
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SPLIT = "train"
 # Rows per preprocessing call: small enough that a task holds few decoded full-resolution images
 # at a time, large enough to amortize the per-call overhead.
@@ -51,32 +50,6 @@ class DataSource:
     def prepared(self) -> bool:
         """A raymc.prepare Parquet folder (else an ImageFolder tree)."""
         return self.folder_index is None
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """How one model input is normalized: (x / scale - mean) / std, per channel."""
-
-    column: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    scale: float = 1.0
-    missing_is_zero: bool = False  # depth: 0 means "no reading" and stays 0 after normalization
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the training loop needs to know about a prepared data set."""
-
-    classes: tuple[str, ...]
-    streams: tuple[StreamSpec, ...]
-    num_train: int
-    num_val: int
-    val_split: str = "test"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -204,7 +177,7 @@ def data_spec(info: dict[str, Any]) -> DataSpec:
     """The streams and class list a data set provides."""
     try:
         counts = info["counts"]
-        streams = [StreamSpec("rgb", IMAGENET_MEAN, IMAGENET_STD, scale=255.0)]
+        streams = [RGB_STREAM]
         if info.get("dataset") == "nyu":
             streams.append(StreamSpec("depth", (info["depth_mean"],), (info["depth_std"],), missing_is_zero=True))
         return DataSpec(
@@ -225,31 +198,43 @@ def _chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         yield {key: values[start : start + PREPROCESS_BATCH] for key, values in batch.items()}
 
 
-def _decoded(chunk: dict[str, np.ndarray], decode: dict[str, Any] | None) -> dict[str, np.ndarray]:
-    """ImageNet rows decoded to pixels; NYU rows (decode None) already hold them."""
-    return chunk if decode is None else imagenet.decode_batch(chunk, **decode)
+Rows = dict[str, np.ndarray]
 
 
-def _decode_block(block: dict[str, np.ndarray], *, decode: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+def _decoded(chunk: Rows, decode: Callable[[Rows], Rows] | None) -> Rows:
+    """ImageNet rows decoded (to pixels, or to bytes and header for --decode-on device); NYU rows
+    (decode None) already hold pixels."""
+    return chunk if decode is None else decode(chunk)
+
+
+def _decode_block(block: Rows, *, decode: Callable[[Rows], Rows]) -> Iterator[Rows]:
     """Decoded rows of a block, for --cache (augmentation then runs on the cached rows)."""
     for chunk in _chunks(block):
         yield _decoded(chunk, decode)
 
 
 def _train_view(
-    block: dict[str, np.ndarray], *, clock, seed: int, image_size: int, crop_scale: float, decode: dict[str, Any] | None
-) -> Iterator[dict[str, np.ndarray]]:
-    """Decode (where `decode` says how) and augment a whole read block, yielding it in chunks."""
+    block: Rows,
+    *,
+    clock,
+    seed: int,
+    image_size: int,
+    crop_scale: float,
+    decode: Callable[[Rows], Rows] | None,
+    augment: Callable[..., Rows],
+) -> Iterator[Rows]:
+    """Decode (where `decode` says how) and augment a whole read block, yielding it in chunks:
+    `augment` is augment_batch, or device_decode.sample_batch, which only draws the parameters."""
     epoch = ray.get(clock.get.remote())
     for chunk in _chunks(block):
         rows = _decoded(chunk, decode)
         if len(rows["label"]):  # every image of the chunk was undecodable and skipped
-            yield augment_batch(rows, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
+            yield augment(rows, seed=seed, epoch=epoch, image_size=image_size, crop_scale=crop_scale)
 
 
 def _eval_view(
-    block: dict[str, np.ndarray], *, image_size: int, resize: int | None, decode: dict[str, Any] | None
-) -> Iterator[dict[str, np.ndarray]]:
+    block: Rows, *, image_size: int, resize: int | None, decode: Callable[[Rows], Rows] | None
+) -> Iterator[Rows]:
     """Decode and centre-crop a whole read block, yielding it in chunks, each row keeping its index."""
     for chunk in _chunks(block):
         rows = _decoded(chunk, decode)
@@ -258,20 +243,32 @@ def _eval_view(
 
 
 def stored_rows(
-    source: DataSource, spec: DataSpec, split: str, config: TrainConfig, *, shuffle: FileShuffleConfig | None = None
+    source: DataSource,
+    spec: DataSpec,
+    split: str,
+    config: TrainConfig,
+    *,
+    shuffle: FileShuffleConfig | None = None,
+    remote_args: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """One split's rows as stored: {rgb, [depth], label, index} for NYU, {image bytes or path,
     label, index} for ImageNet. `shuffle` orders a prepared folder's shards anew for each pass
     (training's: EpochFileShuffle); without it they are read in the stored order. Under
     --deterministic every pass of the rows and of what is built on them (--cache's
-    materialization included) keeps their order."""
-    rows = _stored_rows(source, spec, split, config, shuffle)
+    materialization included) keeps their order. `remote_args` place the read tasks
+    (raymc.resources.data_task_options)."""
+    rows = _stored_rows(source, spec, split, config, shuffle, remote_args or {})
     rows.context.execution_options.preserve_order = config.deterministic  # the dataset's own context
     return rows
 
 
 def _stored_rows(
-    source: DataSource, spec: DataSpec, split: str, config: TrainConfig, shuffle: FileShuffleConfig | None
+    source: DataSource,
+    spec: DataSpec,
+    split: str,
+    config: TrainConfig,
+    shuffle: FileShuffleConfig | None,
+    remote_args: dict[str, Any],
 ) -> ray.data.Dataset:
     # Imported here, on the driver: ray_compat imports Ray Tune, which the Ray Data workers that
     # import this module for its views do not need (1.5 s and 190 MB each, measured).
@@ -292,7 +289,10 @@ def _stored_rows(
     # than files would make Ray split the read's output and run the view as separate tasks).
     with parquet_reader_v1():
         rows = ray.data.read_parquet(
-            files or storage.as_uri(source.location), shuffle=shuffle, override_num_blocks=len(files) or None
+            files or storage.as_uri(source.location),
+            shuffle=shuffle,
+            override_num_blocks=len(files) or None,
+            ray_remote_args=remote_args,
         )
     rows = rows.select_columns(columns)
     if mixed:
@@ -300,43 +300,52 @@ def _stored_rows(
     return rows
 
 
-def _decode_args(source: DataSource, split: str, config: TrainConfig) -> dict[str, Any] | None:
-    """How to decode ImageNet's encoded images (None: NYU rows hold pixels)."""
+def _decoder(source: DataSource, split: str, config: TrainConfig) -> Callable[[Rows], Rows] | None:
+    """How Ray Data decodes ImageNet's encoded images (None: NYU rows hold pixels): to pixels, or
+    for training with --decode-on device to their bytes and header (the worker decodes them)."""
     if source.kind != "imagenet":
         return None
+    if split == TRAIN_SPLIT and config.decode_on == "device":
+        return functools.partial(device_decode.encoded_batch, on_bad_image=config.on_bad_image)
     # Draft decoding (1/2, 1/4, 1/8 scale) only where the view is resized down anyway.
     draft_size = None if split == TRAIN_SPLIT else val_short_side(config.image_size, config.val_resize)
-    return {"on_bad_image": config.on_bad_image, "draft_size": draft_size}
+    return functools.partial(imagenet.decode_batch, on_bad_image=config.on_bad_image, draft_size=draft_size)
 
 
-def _view(rows: ray.data.Dataset, fn: Callable, **fn_kwargs: Any) -> ray.data.Dataset:
+def _view(rows: ray.data.Dataset, fn: Callable, remote_args: dict[str, Any], **fn_kwargs: Any) -> ray.data.Dataset:
     """`fn` over whole blocks (batch_size=None): Ray Data then fuses it into the read task, so
     full-resolution pixels never pass through the object store; `fn` yields PREPROCESS_BATCH rows
     at a time, so a task holds one chunk of decoded pixels at a time. Ray Data gathers the
     yielded chunks into output blocks of up to `target_max_block_size` (128 MiB), so a shard's
     rows reach the consumer when its task ends (measured in bench/RESULTS.md: smaller blocks
-    brought the first batch sooner but lowered throughput)."""
-    return rows.map_batches(fn, fn_kwargs=fn_kwargs, batch_format="numpy", batch_size=None)
+    brought the first batch sooner but lowered throughput). `remote_args` must be the read's, or
+    Ray Data would not fuse the two."""
+    return rows.map_batches(fn, fn_kwargs=fn_kwargs, batch_format="numpy", batch_size=None, **remote_args)
 
 
 def build_datasets(
     source: DataSource, spec: DataSpec, config: TrainConfig, clock: ray.actor.ActorHandle
 ) -> dict[str, ray.data.Dataset]:
-    """{"train": augmented training rows, "val": centre-cropped validation rows}.
+    """{"train": augmented training rows, "val": centre-cropped validation rows}. With
+    --decode-on device the training rows are encoded JPEGs with their drawn parameters, which the
+    workers decode and augment (raymc.batches.train_collate).
 
     With --cache, the decoded training rows and the validation view (the same every epoch) are
     materialized once, so each epoch only augments: no reading or decoding, no validation pipeline.
     """
     from raymc.ray_compat import randomize_block_order  # on the driver only, as in stored_rows
 
+    check_decode_on(config, source.kind)
+    on_pool = data_task_options()  # training's reads and views go to the data pool when one is up
+
     # --cache reads the files once, in their stored order; its block order is shuffled per epoch below.
     shuffle = None if config.cache else EpochFileShuffle(config.seed, clock=clock)
-    rows = stored_rows(source, spec, TRAIN_SPLIT, config, shuffle=shuffle)
-    decode = _decode_args(source, TRAIN_SPLIT, config)
-    val = eval_rows(source, spec, spec.val_split, config)
+    rows = stored_rows(source, spec, TRAIN_SPLIT, config, shuffle=shuffle, remote_args=on_pool)
+    decode = _decoder(source, TRAIN_SPLIT, config)
+    val = eval_rows(source, spec, spec.val_split, config, remote_args=on_pool)
     if config.cache:
         if decode is not None:
-            rows = _view(rows, _decode_block, decode=decode)
+            rows = _view(rows, _decode_block, on_pool, decode=decode)
             decode = None
         cached = cache_in_object_store(
             {"training rows": (rows, spec.num_train), "validation view": (val, spec.num_val)}
@@ -350,26 +359,33 @@ def build_datasets(
     train = _view(
         rows,
         _train_view,
+        on_pool,
         clock=clock,
         seed=config.seed,
         image_size=config.image_size,
         crop_scale=config.crop_scale,
         decode=decode,
+        augment=device_decode.sample_batch if config.decode_on == "device" else augment_batch,
     )
     return {"train": train, "val": val}
 
 
-def eval_rows(source: DataSource, spec: DataSpec, split: str, config: TrainConfig) -> ray.data.Dataset:
+def eval_rows(
+    source: DataSource, spec: DataSpec, split: str, config: TrainConfig, *, remote_args: dict[str, Any] | None = None
+) -> ray.data.Dataset:
     """One split's validation view, with each row's `index` as its id: {rgb (N,3,S,S) uint8,
     [depth (N,1,S,S) float32], label, index}. Training validates on it and evaluation and
-    prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on."""
-    rows = stored_rows(source, spec, split, config)
+    prediction read it, so a checkpoint is scored on exactly the preprocessing it was validated on.
+    Inference leaves `remote_args` unset: its model actors fuse with the view and belong on the
+    nodes with the accelerators, not on the data pool."""
+    rows = stored_rows(source, spec, split, config, remote_args=remote_args)
     return _view(
         rows,
         _eval_view,
+        remote_args or {},
         image_size=config.image_size,
         resize=config.val_resize,
-        decode=_decode_args(source, split, config),
+        decode=_decoder(source, split, config),
     )
 
 
@@ -392,21 +408,3 @@ def _row_bytes(rows: ray.data.Dataset) -> float:
     """Mean size of a row, from the first few."""
     sample = rows.take(16)
     return float(np.mean([sum(np.asarray(v).nbytes for v in row.values()) for row in sample])) if sample else 0.0
-
-
-def to_model_inputs(
-    batch: dict[str, torch.Tensor], spec: DataSpec, device: torch.device, *, channels_last: bool = False
-) -> list[torch.Tensor]:
-    """Move a batch's streams to the device and normalize them there, in the model's input order."""
-    inputs = []
-    for stream in spec.streams:
-        raw = batch[stream.column].to(device, non_blocking=True).float()
-        mean = torch.tensor(stream.mean, device=device).view(1, -1, 1, 1) * stream.scale
-        std = torch.tensor(stream.std, device=device).view(1, -1, 1, 1) * stream.scale
-        x = (raw - mean) / std
-        if stream.missing_is_zero:
-            x = torch.where(raw > 0, x, torch.zeros_like(x))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        inputs.append(x)
-    return inputs

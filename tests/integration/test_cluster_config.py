@@ -15,6 +15,8 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from raymc.resources import DATA_POOL_LABEL
+
 REPO = Path(__file__).resolve().parents[2]
 RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard / job API, Ray Client
 
@@ -36,8 +38,13 @@ def _instance_type(node_type: dict) -> str:
 
 
 def _gpu_node_type(config: dict) -> dict:
-    (gpu,) = [t for name, t in config["available_node_types"].items() if name != config["head_node_type"]]
+    (gpu,) = [t for t in config["available_node_types"].values() if t["resources"].get("GPU")]
     return gpu
+
+
+def _data_node_type(config: dict) -> dict:
+    (data,) = [t for t in config["available_node_types"].values() if t.get("labels") == {DATA_POOL_LABEL: "data"}]
+    return data
 
 
 def _ray_start_commands(config: dict) -> list[str]:
@@ -70,6 +77,15 @@ def test_cpu_head_and_eight_a100_workers_scaling_from_zero(cluster):
     assert _instance_type(gpu) == expected["gpu_node"]
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert gpu["resources"]["GPU"] == 8
+
+
+def test_a_cpu_only_data_pool_scales_from_zero_with_raymcs_label(cluster):
+    """The node type that raymc's Ray Data work goes to when it is up (raymc.resources.data_pool)."""
+    config, _ = cluster
+    data = _data_node_type(config)
+    assert data["min_workers"] == 0 and data["max_workers"] >= 1
+    assert data["resources"].get("GPU", 0) == 0 and data["resources"]["CPU"] >= 32
+    assert config["max_workers"] >= data["max_workers"] + _gpu_node_type(config)["max_workers"]  # both pools fit
 
 
 def test_image_is_the_ray_image_of_the_installed_ray(cluster):
