@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -289,8 +290,11 @@ def _metric_summary(history: pd.DataFrame, metric: str, mode: str) -> dict[str, 
     """best_<metric>, its epoch, and final_<metric> of one trial's epochs."""
     if history.empty or metric not in history:
         return {f"best_{metric}": None, "best_epoch": None, f"final_{metric}": None}
-    values = history[metric]
-    best_index = values.idxmax() if mode == "max" else values.idxmin()
+    values = pd.to_numeric(history[metric], errors="coerce")
+    finite = values[np.isfinite(values)]
+    if finite.empty:  # every epoch's value NaN or infinite (a diverged trial): nothing to rank it by
+        return {f"best_{metric}": None, "best_epoch": None, f"final_{metric}": float(values.iloc[-1])}
+    best_index = finite.idxmax() if mode == "max" else finite.idxmin()
     return {
         f"best_{metric}": float(values[best_index]),
         "best_epoch": int(history.loc[best_index, "epoch"]),

@@ -173,10 +173,13 @@ def _where() -> str:
 def _resolve(location: PathLike, fs: pyarrow.fs.FileSystem | None) -> tuple[pyarrow.fs.FileSystem, str]:
     """`location` within `fs` when one is given (a path within it, e.g. a Ray checkpoint's, or a
     URI of the same store, to save rebuilding its filesystem), else resolved from it."""
-    if fs is None:
-        return filesystem(location)
+    return filesystem(location) if fs is None else (fs, within(location))
+
+
+def within(location: PathLike) -> str:
+    """A URI's path inside its filesystem (scheme stripped: what pyarrow's filesystems take); a path as it is."""
     text = os.fspath(location)
-    return fs, (text.split("://", 1)[1] if is_uri(text) else text)
+    return text.split("://", 1)[1] if is_uri(text) else text
 
 
 def is_file(location: PathLike, *, fs: pyarrow.fs.FileSystem | None = None) -> bool:

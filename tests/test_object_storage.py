@@ -22,7 +22,7 @@ from raymc.config import TrainConfig
 from raymc.data import nyu_prepare
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
 from raymc.data.imagenet import decode_batch, scan_image_folder
-from raymc.data.pipeline import read_dataset_info, split_files
+from raymc.data.pipeline import DataSource, data_spec, read_dataset_info, split_files, stored_rows
 from raymc.data.publish import GENERATION, MARKER_FILE, live_folder, run_shard_tasks
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, DataError
@@ -91,6 +91,17 @@ def test_prepare_nyu_publishes_a_generation_and_reads_back_through_the_marker(pu
         assert len(table) == sum(info["counts"][split].values())
         rows += len(table)
     assert rows == N
+
+
+def test_ray_data_reads_the_shards_through_raymcs_filesystem(published: dict) -> None:
+    """The session's Ray started before the S3 server, so its workers lack AWS_ENDPOINT_URL: the
+    rows come back only because the read tasks get raymc's filesystem, endpoint and all."""
+    uri = published["uri"]
+    source = DataSource("nyu", uri)
+    spec = data_spec(read_dataset_info(uri))
+    rows = stored_rows(source, spec, "train", TrainConfig(data=uri))
+    assert rows.count() == spec.num_train
+    assert "AWS_ENDPOINT_URL" not in ray.get(ray.remote(lambda: dict(os.environ)).remote())
 
 
 def test_no_credential_is_written_or_printed(published: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from raymc.errors import DataError
 from raymc.outputs import write_run_outputs
-from raymc.results import Results, load, main, write_experiment
+from raymc.results import Results, _metric_summary, load, main, write_experiment
 
 
 def experiment(path) -> Results:
@@ -94,3 +94,13 @@ def test_a_folder_that_is_neither_is_refused_naming_it(tmp_path, capsys):
         load(tmp_path)
     assert main([str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_a_trial_whose_every_epoch_diverged_has_no_best_epoch():
+    """A trial whose only epochs gave NaN or inf (its run diverged) is summarized, not a crash of the
+    experiment's tables (pandas' idxmin raises on all-NA values)."""
+    history = pd.DataFrame({"epoch": [1, 2], "val_loss": [float("nan"), float("inf")]})
+    summary = _metric_summary(history, "val_loss", "min")
+    assert summary["best_val_loss"] is None and summary["best_epoch"] is None
+    mixed = pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [float("inf"), 0.5, float("nan")]})
+    assert _metric_summary(mixed, "val_loss", "min")["best_epoch"] == 2

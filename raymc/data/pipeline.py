@@ -287,9 +287,13 @@ def _stored_rows(
     check_shards(source, files)
     # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
     # than files would make Ray split the read's output and run the view as separate tasks).
+    # On an object store, raymc's filesystem (timeouts, bounded retries) with paths inside it.
+    filesystem = storage.ray_location(source.location)[1]
+    paths = files or [storage.as_uri(source.location)]
     with parquet_reader_v1():
         rows = ray.data.read_parquet(
-            files or storage.as_uri(source.location),
+            [storage.within(path) for path in paths] if filesystem else paths,
+            filesystem=filesystem,
             shuffle=shuffle,
             override_num_blocks=len(files) or None,
             ray_remote_args=remote_args,
