@@ -29,6 +29,7 @@ from torch import nn
 
 from raymc.checkpoint import BEST_MODEL_FILE
 from raymc.config import SETTING_NAMES, TrainConfig, build_config, flag_names
+from raymc.data.pipeline import naming_damaged_shards
 from raymc.errors import ConfigError
 from raymc.figures import predictions_figure
 from raymc.inference import (
@@ -200,7 +201,9 @@ def evaluate(
     model = _model(model_or_path)
     prepared = _data(model, data, split, shared_fs=shared_fs)
     counted = run_inference(CountBatches, as_payload(model), prepared, batch_size=batch_size)
-    metrics = metrics_from_counts(count_totals(counted, prepared.spec.num_classes), prepared.spec.classes)
+    with naming_damaged_shards(prepared.source):
+        totals = count_totals(counted, prepared.spec.num_classes)
+    metrics = metrics_from_counts(totals, prepared.spec.classes)
     info = model_info(model)
     return {
         "model": info.name,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from raymc.analysis import pathway_logits
 from raymc.cluster import alive_nodes, check_shared_paths, init_ray
-from raymc.data.pipeline import TRAIN_SPLIT, data_spec, dataset_info, eval_rows
+from raymc.data.pipeline import TRAIN_SPLIT, DataSource, data_spec, dataset_info, eval_rows
 from raymc.data.sources import data_locations, resolve_data
 from raymc.data.spec import DataSpec, to_model_inputs
 from raymc.errors import ConfigError, DataError
@@ -57,6 +57,7 @@ class InferenceData:
     spec: DataSpec
     split: str  # the data set's own name of the split read
     name: str  # the data as the user gave it, for messages
+    source: DataSource  # where the rows are read from, to name a damaged shard when a read fails
 
 
 def _data_config(info: ModelInfo, data: str | None):
@@ -110,7 +111,8 @@ def inference_data(info: ModelInfo, data: str | None, split: str | None, *, shar
     spec = data_spec(dataset_info(source))
     check_fits(info, spec, name)
     chosen = split_name(split, spec, name)
-    return InferenceData(rows=eval_rows(source, spec, chosen, config), spec=spec, split=chosen, name=name)
+    rows = eval_rows(source, spec, chosen, config)
+    return InferenceData(rows=rows, spec=spec, split=chosen, name=name, source=source)
 
 
 class _ScoreBatches:

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import ray
 
 from raymc import storage
-from raymc.api import add_inference_arguments, predict
+from raymc.api import add_inference_arguments, load_model, open_data, predict
 from raymc.config import flag_names
+from raymc.data.pipeline import naming_damaged_shards
 from raymc.errors import ConfigError, cli_main
 
 
@@ -48,17 +49,10 @@ def write_predictions(predictions: ray.data.Dataset, out: str | Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    rows = write_predictions(
-        predict(
-            args.checkpoint,
-            args.data,
-            args.split,
-            batch_size=args.batch_size,
-            probs=args.probs,
-            shared_fs=args.shared_fs,
-        ),
-        args.out,
-    )
+    model = load_model(args.checkpoint)
+    data = open_data(model, args.data, args.split, shared_fs=args.shared_fs)
+    with naming_damaged_shards(data.source):
+        rows = write_predictions(predict(model, data, batch_size=args.batch_size, probs=args.probs), args.out)
     print(f"wrote {rows} predictions to {args.out}")
     return 0
 

@@ -126,15 +126,24 @@ def raymc_cause(error: TrainingFailedError) -> str | None:
     """The message of the RaymcError behind a failed Train run (e.g. a bad image under
     --on-bad-image fail, raised in a worker or in a Ray Data task feeding it), or None when
     the run failed for another reason (a killed worker, a lost node)."""
-    failures = [*getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None)]
-    for failure in filter(None, failures):
-        failure = unwrapped_error(failure)
+    for failure in _failures(error):
         if isinstance(failure, RaymcError):
             return str(failure)
         found = RAYMC_ERROR_LINE.findall(str(failure))
         if found:
             return found[-1]
     return None
+
+
+def failure_text(error: TrainingFailedError) -> str:
+    """The text of every failure behind a failed Train run (its own text names none of them)."""
+    return "\n".join(str(failure) for failure in _failures(error))
+
+
+def _failures(error: TrainingFailedError) -> list[BaseException]:
+    """The workers' and the controller's errors behind a failed Train run, unwrapped."""
+    failures = [*getattr(error, "worker_failures", {}).values(), getattr(error, "controller_failure", None)]
+    return [unwrapped_error(failure) for failure in failures if failure is not None]
 
 
 def unwrapped_error(error: BaseException) -> BaseException:

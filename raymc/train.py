@@ -16,7 +16,7 @@ import ray.train
 from raymc import storage
 from raymc.cluster import connected_to_cluster, init_ray
 from raymc.config import TrainConfig, add_config_arguments, build_config
-from raymc.data.pipeline import data_spec, dataset_info
+from raymc.data.pipeline import damaged_shard_behind, data_spec, dataset_info
 from raymc.data.sources import check_shared_storage, resolve_data
 from raymc.driver import (
     TrainingResult,
@@ -29,7 +29,7 @@ from raymc.driver import (
     recorded_wall_time,
 )
 from raymc.errors import RaymcError, cli_main
-from raymc.ray_compat import raymc_cause
+from raymc.ray_compat import failure_text, raymc_cause
 from raymc.resources import DATA_POOL, DATA_POOL_LABEL, data_pool_nodes, worker_resources
 from raymc.seed_compat import add_seed_script_arguments
 
@@ -69,6 +69,8 @@ def run_training(config: TrainConfig) -> TrainingResult:
     except ray.train.TrainingFailedError as exc:
         logger.error("training run %s failed:\n%s", name, exc)
         cause = raymc_cause(exc)
+        if cause is None and (damage := damaged_shard_behind(failure_text(exc), source)):
+            cause = str(damage)
         if cause is not None:  # bad data or settings found while training: rerunning would not help
             raise RaymcError(f"training run {name} failed: {cause}") from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

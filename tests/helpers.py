@@ -9,15 +9,19 @@ import pandas as pd
 import pytest
 import torch
 
-# Ray forwards its own processes' log lines to the driver's stderr, e.g. "(pid=gcs_server) ..." or
-# "(raylet) ...", possibly coloured; they are Ray's output, not the CLI's.
-RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((pid=|raylet|gcs_server)")
+from raymc.config import TrainConfig
+from raymc.models import build_model, model_kwargs
+
+# Ray forwards its own processes' log lines to the driver's stderr, e.g. "(pid=gcs_server) ...",
+# "(raylet) ..." or "(RayTrainWorker pid=...) ...", possibly coloured; they are Ray's output, not the CLI's.
+RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((pid=|raylet|gcs_server|\w+ pid=)")
 
 
 def raymc_stderr(capsys: pytest.CaptureFixture) -> str:
-    """What the code under test wrote to stderr, without the log lines Ray forwards from its processes."""
+    """What the code under test wrote to stderr, without the log lines Ray forwards from its
+    processes and Ray Data's progress bars (tqdm, each redrawn after a carriage return)."""
     lines = capsys.readouterr().err.splitlines(keepends=True)
-    return "".join(line for line in lines if not RAY_FORWARDED_LINE.match(line))
+    return "".join(line for line in lines if not RAY_FORWARDED_LINE.match(line) and not line.startswith("\r"))
 
 
 # What --deterministic promises to reproduce in every row of history.csv.
@@ -44,3 +48,23 @@ def _weights(run_dir: Path, file: str) -> dict[str, torch.Tensor]:
         return torch.load(run_dir / file, weights_only=True)["state_dict"]
     (newest,) = sorted(run_dir.glob("checkpoint_epoch_*"))[-1:]
     return torch.load(newest / file, weights_only=True)["model"]
+
+
+CLASSES = ["bedroom", "kitchen", "office"]
+
+
+def model_payload(name: str = "mc_resnet18", classes: list[str] = CLASSES, **config) -> dict:
+    """A best_model.pt payload of an untrained model of `name` for `classes` (seeded)."""
+    torch.manual_seed(0)
+    kwargs = model_kwargs(TrainConfig(model=name, fusion="concat", dropout=0.0), len(classes))
+    model = build_model(name, **kwargs)
+    return {
+        "state_dict": model.state_dict(),
+        "model": name,
+        "model_kwargs": kwargs,
+        "classes": classes,
+        "num_params": 0,
+        "config": TrainConfig(**{"model": name, "dataset": "nyu", "image_size": 32, **config}).to_dict(),
+        "epoch": 3,
+        "metrics": {"val_acc": 0.5},
+    }

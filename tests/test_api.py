@@ -19,11 +19,9 @@ from raymc.data.pipeline import data_spec
 from raymc.errors import ConfigError, DataError
 from raymc.figures import predictions_figure
 from raymc.inference import CountBatches, PredictBatches, check_fits, count_totals, metrics_from_counts, split_name
-from raymc.models import build_model, model_kwargs
 from raymc.trained import CheckpointError
-from tests.helpers import raymc_stderr
+from tests.helpers import CLASSES, model_payload, raymc_stderr
 
-CLASSES = ["bedroom", "kitchen", "office"]
 NYU_INFO = {
     "dataset": "nyu",
     "classes": CLASSES,
@@ -33,27 +31,11 @@ NYU_INFO = {
 }
 
 
-def _payload(name: str = "mc_resnet18", classes: list[str] = CLASSES, **config) -> dict:
-    torch.manual_seed(0)
-    kwargs = model_kwargs(TrainConfig(model=name, fusion="concat", dropout=0.0), len(classes))
-    model = build_model(name, **kwargs)
-    return {
-        "state_dict": model.state_dict(),
-        "model": name,
-        "model_kwargs": kwargs,
-        "classes": classes,
-        "num_params": 0,
-        "config": TrainConfig(model=name, dataset="nyu", image_size=32, **config).to_dict(),
-        "epoch": 3,
-        "metrics": {"val_acc": 0.5},
-    }
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder with best_model.pt, and a Ray checkpoint folder inside it holding another."""
     root = tmp_path_factory.mktemp("run")
-    payload = _payload()
+    payload = model_payload()
     torch.save(payload, root / "best_model.pt")
     (root / "checkpoint_epoch_0003").mkdir()
     torch.save(payload, root / "checkpoint_epoch_0003" / "best_model.pt")
@@ -168,7 +150,7 @@ def test_missing_data_is_named(model, tmp_path):
 
 
 def test_an_imagenet_checkpoint_is_refused_for_nyu_data(tmp_path, nyu_folder):
-    torch.save(_payload("sd_resnet50"), tmp_path / "sd.pt")
+    torch.save(model_payload("sd_resnet50"), tmp_path / "sd.pt")
     with pytest.raises(
         CheckpointError, match=r"sd.pt holds sd_resnet50, which takes rgb input, but .* provides rgb \+ depth"
     ):

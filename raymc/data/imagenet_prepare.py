@@ -21,6 +21,7 @@ from PIL import Image
 
 from raymc import storage
 from raymc.cluster import init_ray
+from raymc.data import shards
 from raymc.data.imagenet import (
     SPLITS,
     BadImageError,
@@ -44,6 +45,12 @@ BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
 RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
 CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG
+# JPEG bytes stored uncompressed: snappy gains nothing on them and doubled the read's CPU
+# (measured, bench/RESULTS.md); the small columns keep pyarrow's default, snappy.
+SHARD_COMPRESSION = {
+    "image": "none",
+    **dict.fromkeys(("label", "wnid", "path", "split", "index", "height", "width"), "snappy"),
+}
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def _write_shard(job: ShardJob) -> ShardResult:
         for key, value in zip(keys, values, strict=True):
             columns[key].append(value)
     if columns["image"]:
-        storage.write_parquet(job.out_file, _shard_table(columns, job.split))
+        shards.write_shard(job.out_file, _shard_table(columns, job.split), compression=SHARD_COMPRESSION)
     counts = np.bincount(np.asarray(columns["label"], dtype=np.int64), minlength=job.num_classes)
     return ShardResult(job.split, counts, bad)
 

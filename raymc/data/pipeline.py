@@ -6,17 +6,13 @@ depth to the workers, which normalize on their device (raymc.data.spec).
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import functools
-import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow
-import pyarrow.fs
-import pyarrow.parquet as pq
 import ray
 from ray.data import FileShuffleConfig, RandomSeedConfig
 from ray.data.expressions import col
@@ -24,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raymc import storage
 from raymc.config import TrainConfig, check_decode_on
-from raymc.data import device_decode, imagenet
+from raymc.data import device_decode, imagenet, shards
 from raymc.data.augment import augment_batch, eval_batch, val_short_side
 from raymc.data.publish import INFO_FILE, live_folder
 from raymc.data.spec import RGB_STREAM, DataSpec, StreamSpec
@@ -35,7 +31,6 @@ TRAIN_SPLIT = "train"
 # Rows per preprocessing call: small enough that a task holds few decoded full-resolution images
 # at a time, large enough to amortize the per-call overhead.
 PREPROCESS_BATCH = 32
-FOOTER_READERS = 16  # threads reading shard footers up front: on an object store each read is mostly latency
 
 
 @dataclass(frozen=True)
@@ -134,31 +129,25 @@ def _parquet_files(folder: str, *, prefix: str = "") -> list[str]:
     return [storage.join(live, n) for n in storage.names(live) if n.startswith(prefix) and n.endswith(".parquet")]
 
 
-def check_shards(source: DataSource, files: list[str]) -> None:
-    """Read every shard's footer on the driver, in parallel, before any Ray Data task runs: a
-    damaged shard is then named here instead of failing a read task deep in training with pyarrow's
-    ArrowInvalid. Costs one small read per shard (the footer) each time a dataset is built."""
-    if not files:
-        return
-    filesystem, folder = storage.filesystem(posixpath.dirname(files[0]))  # the shards share one folder
-    paths = [f"{folder}/{posixpath.basename(file)}" for file in files]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=FOOTER_READERS) as pool:
-        failures = pool.map(functools.partial(_footer_error, filesystem=filesystem), paths)
-    for file, failure in zip(files, failures, strict=True):
-        if failure is not None:
-            raise DataError(
-                f"{file}: not a readable Parquet shard ({failure}); prepare the data again with "
-                f"python -m raymc.prepare {source.kind} ... --overwrite"
-            )
+def damaged_shard_behind(failure: str, source: DataSource) -> DataError | None:
+    """The error naming the damaged shard of `source` behind a failure of Ray Data (its text), if
+    one is: when the failure says pyarrow's Parquet reader failed, every page is verified."""
+    if not source.prepared or not shards.PARQUET_READ_FAILURE.search(failure):
+        return None
+    return shards.damaged_shard(source.kind, _parquet_files(source.location))
 
 
-def _footer_error(path: str, *, filesystem: pyarrow.fs.FileSystem) -> str | None:
-    """Why the Parquet footer of `path` cannot be read, or None when it can."""
+@contextlib.contextmanager
+def naming_damaged_shards(source: DataSource) -> Iterator[None]:
+    """Around reading `source` with Ray Data: a read that failed on a damaged shard raises the
+    DataError naming it instead."""
     try:
-        pq.read_metadata(path, filesystem=filesystem)
-    except (pyarrow.ArrowException, OSError) as exc:
-        return str(exc)
-    return None
+        yield
+    except Exception as exc:
+        damage = damaged_shard_behind(str(exc), source)
+        if damage is None:
+            raise
+        raise damage from exc
 
 
 def dataset_info(source: DataSource) -> dict[str, Any]:
@@ -279,24 +268,26 @@ def _stored_rows(
         return imagenet.image_folder_dataset(source.folder_index, split, seed=seed)
     columns = ["label", "index", "split", *(s.column for s in spec.streams)]
     if source.kind == "imagenet":
-        columns = ["label", "index", "split", "image", "path"]  # path names undecodable images
+        # path names undecodable images; height and width spare --decode-on device a header parse
+        columns = ["label", "index", "split", "image", "path", "height", "width"]
     files = split_files(source.location, split)
     mixed = not files  # a folder whose shards mix splits (prepared by raymc 0.1 before per-split files)
     if mixed:
         files = _parquet_files(source.location)
-    check_shards(source, files)
+    shards.check_shards(source.kind, files)
     # One block per shard, so each shard is read, decoded and augmented in one task (more blocks
     # than files would make Ray split the read's output and run the view as separate tasks).
     # On an object store, raymc's filesystem (timeouts, bounded retries) with paths inside it.
     filesystem = storage.ray_location(source.location)[1]
     paths = files or [storage.as_uri(source.location)]
-    with parquet_reader_v1():
+    with parquet_reader_v1(), naming_damaged_shards(source):  # Ray reads a first batch here
         rows = ray.data.read_parquet(
             [storage.within(path) for path in paths] if filesystem else paths,
             filesystem=filesystem,
             shuffle=shuffle,
             override_num_blocks=len(files) or None,
             ray_remote_args=remote_args,
+            fragment_scan_options=shards.SCAN_OPTIONS,
         )
     rows = rows.select_columns(columns)
     if mixed:

@@ -1,20 +1,26 @@
 """Every bad file gets a clear answer: a truncated or damaged .mat given to raymc.prepare, a corrupt
-Parquet shard given to raymc.train. Each is one `error: ` line naming the file and the fix."""
+Parquet shard (footer or data pages) given to raymc.train. Each is one `error: ` line naming the
+file and the fix."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import h5py
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raymc import prepare, train
-from raymc.data import nyu, nyu_prepare, pipeline
+from raymc.data import nyu, nyu_prepare, pipeline, shards
 from raymc.data.demo import write_demo_nyu
-from tests.helpers import raymc_stderr
+from raymc.evaluate import main as evaluate_main
+from raymc.predict import main as predict_main
+from tests.helpers import model_payload, raymc_stderr
 
-N, H, W = 24, 16, 20  # three HDF5 chunks of 8 samples, so three shard tasks
+N, H, W = 40, 16, 20  # five HDF5 chunks of 8 samples, so five shard tasks
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +93,35 @@ def prepared(ray_session, mat: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-def test_healthy_shards_pass_the_check(prepared: Path) -> None:
-    for split in ("train", "test"):
-        pipeline.check_shards(pipeline.DataSource("nyu", str(prepared)), pipeline.split_files(str(prepared), split))
+def test_healthy_shards_pass_the_checks(prepared: Path) -> None:
+    files = [file for split in ("train", "test") for file in pipeline.split_files(str(prepared), split)]
+    shards.check_shards("nyu", files)
+    assert shards.damaged_shard("nyu", files) is None
+
+
+def _damaged_pages(shard: Path) -> None:
+    """Flip bytes inside the shard's first data page: the footer still reads, as does every byte."""
+    data = bytearray(shard.read_bytes())
+    first_page = pq.read_metadata(shard).row_group(0).column(0).data_page_offset
+    for offset in range(first_page + 64, first_page + 96):
+        data[offset] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("which", [0, 1])  # Ray reads the first and last on the driver; the middle one in training
+def test_damaged_pages_are_named_after_the_read_fails(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture, which: int
+) -> None:
+    """Without page checksums pyarrow would hand back the flipped bytes as pixels, silently."""
+    folder = Path(shutil.copytree(prepared, tmp_path / "nyu"))
+    shard = sorted(folder.glob("train-*.parquet"))[which]
+    _damaged_pages(shard)
+    pq.read_metadata(shard)  # the footer check cannot see it
+    argv = ["--data", str(folder), "--out", str(tmp_path / "runs"), "--epochs", "1", "--batch", "4"]
+    assert train.main([*argv, "--image-size", "16"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{shard}: damaged Parquet shard" in err and "checksum" in err
+    assert "python -m raymc.prepare nyu ... --overwrite" in err
 
 
 def test_a_corrupt_shard_is_named_before_training_starts(
@@ -103,3 +135,21 @@ def test_a_corrupt_shard_is_named_before_training_starts(
     err = _one_line_error(capsys)
     assert f"{shard}: not a readable Parquet shard" in err
     assert "python -m raymc.prepare nyu ... --overwrite" in err
+
+
+def test_damaged_pages_are_named_by_evaluate_and_predict(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The middle training shard, which Ray reads only once the model scores it (on the driver)."""
+    folder = Path(shutil.copytree(prepared, tmp_path / "nyu"))
+    shard = sorted(folder.glob("train-*.parquet"))[1]
+    _damaged_pages(shard)
+    classes = json.loads((folder / "dataset_info.json").read_text())["classes"]
+    torch.save(model_payload(classes=classes, image_size=16), tmp_path / "best_model.pt")
+    data = ["--checkpoint", str(tmp_path / "best_model.pt"), "--data", str(folder), "--split", "train"]
+    assert evaluate_main(data) == 2
+    assert f"{shard}: damaged Parquet shard" in _one_line_error(capsys)
+    out = tmp_path / "predictions.parquet"
+    assert predict_main([*data, "--out", str(out)]) == 2
+    assert f"{shard}: damaged Parquet shard" in _one_line_error(capsys)
+    assert not out.exists()

@@ -47,7 +47,7 @@ def test_the_epoch_clock_lives_on_the_drivers_node_and_comes_back_when_killed(ra
         a
         for a in list_actors(
             address=ray.get_runtime_context().gcs_address,  # this session's cluster, never "the latest"
-            filters=[("class_name", "=", "EpochClock"), ("state", "=", "ALIVE")],
+            filters=[("actor_id", "=", clock._actor_id.hex())],  # not another run's clock
         )
     ]
     assert actor.node_id == ray.get_runtime_context().get_node_id()
