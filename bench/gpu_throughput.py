@@ -43,6 +43,7 @@ from PIL import Image
 from torch import nn
 
 from raymc.data.augment import TrainView
+from raymc.data.draws import TrainParams
 from raymc.data.jpeg import as_tensor, decode_rgb_jpegs
 from raymc.data.spec import RGB_STREAM, DataSpec, StreamSpec
 from raymc.models import build_model, model_family
@@ -171,7 +172,9 @@ def decoding(args: argparse.Namespace) -> list[Figure]:
     device, view = args.device, TrainView(args.image_size, 0.08)
     files = jpeg_files(args.decode_images)
     encoded = [as_tensor(data) for data in files]
-    params = [view.sample(0, 1, i, height=h, width=w) for i, (h, w) in enumerate(_sizes(files))]
+    heights, widths = np.asarray(_sizes(files)).T
+    drawn = view.sample(0, 1, np.arange(len(files)), heights, widths)
+    params = [TrainParams.at(drawn, i) for i in range(len(files))]
 
     def on_device() -> None:
         for start in range(0, len(encoded), args.decode_batch):

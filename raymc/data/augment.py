@@ -3,17 +3,16 @@
 RGB and depth get one geometric transform call on `tv_tensors`, so both see the same crop and
 flip; depth travels as a `Mask`, which torchvision resizes with nearest-neighbour interpolation,
 keeping metric values and 0 = missing intact. Photometric jitter touches RGB only.
-Every sample's randomness comes from a generator seeded by (seed, epoch, sample index): crops
+Every sample's randomness is a function of (seed, epoch, sample index) (raymc.data.draws): crops
 differ every epoch, repeat for a given seed, and do not depend on how Ray Data batches rows.
-A sample's draws (crop box, flip, jitter) are made apart from the pixels (`TrainView.sample`), so
-that --decode-on device samples them in Ray Data from the image's header and applies them on the
+A batch's draws (crop boxes, flips, jitter) are made apart from the pixels (`TrainView.sample`), so
+that --decode-on device draws them in Ray Data from the images' headers and applies them on the
 training device after decoding there (raymc.data.device_decode), with the same `TrainView.apply`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,40 +20,20 @@ from torchvision import transforms, tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from raymc.data import draws
+from raymc.data.draws import TrainParams
+
 # Brightness +-40%, contrast and saturation x0.8-1.2: the seed script's jitter.
 COLOR_JITTER = {"brightness": 0.4, "contrast": 0.2, "saturation": 0.2}
-CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect ratios
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed unique to one sample in one epoch of one run."""
-    mixed = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return int(mixed[0]) << 31 | int(mixed[1]) >> 1
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """One sample's training-view draws: crop box, horizontal flip, colour jitter (order, factors)."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-    flip: bool
-    jitter_order: tuple[int, ...]  # 0 brightness, 1 contrast, 2 saturation, 3 hue (off)
-    brightness: float
-    contrast: float
-    saturation: float
 
 
 class TrainView:
     """RandomResizedCrop(image_size, scale=(crop_scale, 1)) + horizontal flip for every stream,
     then ColorJitter(COLOR_JITTER) for RGB, split into drawing the parameters and applying them.
 
-    `sample` makes torchvision's own draws (its transforms' static `get_params`, public in every
-    torchvision version, in the order the composed v2 transforms make them), so the views are those
-    of v2.Compose([RandomResizedCrop, RandomHorizontalFlip]) + ColorJitter under the same seed.
-    `apply` runs on whatever device the image is on. The jitter runs on float pixels: on uint8, each
+    `sample` draws as those transforms' `get_params` do, for a whole batch (raymc.data.draws);
+    `apply` applies one sample's draws with torchvision's functional ops, on whatever device the
+    image is on. The jitter runs on float pixels: on uint8, each
     of its three adjustments converts to float and back (0.64 ms of a 224 px image's augmentation
     instead of 0.43 ms).
     """
@@ -62,20 +41,15 @@ class TrainView:
     def __init__(self, image_size: int, crop_scale: float) -> None:
         self.size = [image_size, image_size]
         self.scale = [crop_scale, 1.0]
-        jitter = transforms.ColorJitter(**COLOR_JITTER)
-        self._ranges = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+        jitter = transforms.ColorJitter(**COLOR_JITTER)  # its ranges of the factors (hue stays off)
+        self._jitter = (jitter.brightness, jitter.contrast, jitter.saturation)
 
-    def sample(self, seed: int, epoch: int, index: int, *, height: int, width: int) -> TrainParams:
-        """The draws of sample `index` in `epoch` for an image of height x width."""
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed also seeds CUDA, whose lazy-init bookkeeping
-            # (a captured stack trace per call) took 30% of the host augmentation's time.
-            torch.default_generator.manual_seed(sample_seed(seed, epoch, index))
-            shape_only = torch.empty(()).expand(3, height, width)  # get_params reads the size, no pixels
-            box = transforms.RandomResizedCrop.get_params(shape_only, self.scale, list(CROP_RATIO))
-            flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's draw
-            order, b, c, s, _ = transforms.ColorJitter.get_params(*self._ranges)
-        return TrainParams(*box, flip, tuple(order.tolist()), b, c, s)
+    def sample(
+        self, seed: int, epoch: int, indices: np.ndarray, heights: np.ndarray, widths: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The draws of samples `indices` in `epoch` for images of heights x widths, as columns
+        (raymc.data.draws; `TrainParams.at` gives one row)."""
+        return draws.sample(seed, epoch, indices, heights, widths, scale=self.scale, jitter=self._jitter)
 
     def apply(
         self, params: TrainParams, image: torch.Tensor, depth: torch.Tensor | None = None
@@ -131,11 +105,12 @@ def augment_batch(
     """
     view = TrainView(image_size, crop_scale)
     depths = batch.get("depth")
+    heights, widths = np.asarray([image.shape[:2] for image in batch["rgb"]]).reshape(-1, 2).T
+    drawn = view.sample(seed, epoch, batch["index"], heights, widths)
     samples = []
-    for i, index in enumerate(batch["index"]):
+    for i in range(len(batch["index"])):
         image, *depth = _as_tv_tensors(batch["rgb"][i], None if depths is None else depths[i])
-        params = view.sample(seed, epoch, int(index), height=image.shape[-2], width=image.shape[-1])
-        samples.append(view.apply(params, image, *depth))
+        samples.append(view.apply(TrainParams.at(drawn, i), image, *depth))
     return _stack(samples, batch)
 
 

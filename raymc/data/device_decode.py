@@ -1,11 +1,14 @@
 """--decode-on device: Ray Data reads the JPEG bytes and draws each image's training view; the
 training worker decodes the batch on its device and crops, resizes, flips and jitters there.
 
-Ray Data's share (CPU, in the read task) is reading the bytes, parsing each image's header (its
-size, and whether it is a plain RGB JPEG) and drawing its crop box, flip and jitter from the
-per-sample seed with `augment.TrainView.sample`, as the host path draws them: both paths make the
-same draws. The worker's share is `decode_train_batch`, which Ray Data's collate step calls on the
-worker (raymc.batches): one `decode_jpeg(list, device=...)` call for the batch's plain JPEGs (nvJPEG
+Ray Data's share (CPU, in the read task) is reading the bytes, knowing each image's size and
+whether it is a plain RGB JPEG, and drawing its crop box, flip and jitter from the per-sample seed
+with `augment.TrainView.sample`, as the host path draws them: both paths make the same draws. A
+prepared shard says both facts itself (raymc.prepare stores every image as a plain RGB JPEG,
+checked by a full decode, with its size), so its rows pass through; files read from an ImageFolder
+get their header parsed (PIL, no pixel decode).
+The worker's share is `decode_train_batch`, which Ray Data's collate step calls on the worker
+(raymc.batches): one `decode_jpeg(list, device=...)` call for the batch's plain JPEGs (nvJPEG
 on a GPU; on a CPU worker the same call decodes with libjpeg-turbo, which is how the tests check
 it), `imagenet.decode_rgb` on the host for every other image (CMYK, grayscale, a PNG named .JPEG,
 a JPEG the batch decoder refuses), then `TrainView.apply` on the device. Bad files keep
@@ -21,25 +24,34 @@ on a GPU nvJPEG's decode differs from libjpeg-turbo's by a few levels (bench/gpu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 import torch
 
 from raymc.data import imagenet
-from raymc.data.augment import TrainParams, TrainView
+from raymc.data.augment import TrainView
+from raymc.data.draws import TrainParams
 from raymc.data.jpeg import as_tensor, decode_rgb_jpegs
 
 logger = logging.getLogger(__name__)
 
-PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(TrainParams))
-
 
 def encoded_batch(batch: dict[str, np.ndarray], *, on_bad_image: str) -> dict[str, np.ndarray]:
-    """For `map_batches`: rows {label, index, image (bytes) or path} -> {jpeg (bytes), path,
-    image_height, image_width, plain (a plain RGB JPEG, which the device decodes), label, index}.
-    A file whose header does not parse is left out (skip) or raises BadImageError (fail)."""
+    """For `map_batches`: rows {label, index, image (bytes), path, height, width} of a prepared
+    shard, or {label, index, path} of an ImageFolder -> {jpeg (bytes), path, image_height,
+    image_width, plain (a plain RGB JPEG, which the device decodes), label, index}. A file whose
+    header does not parse is left out (skip) or raises BadImageError (fail)."""
+    if "height" in batch:  # a prepared shard: plain RGB JPEGs of known size
+        return {
+            "jpeg": batch["image"],
+            "path": batch["path"],
+            "image_height": np.asarray(batch["height"], dtype=np.int64),
+            "image_width": np.asarray(batch["width"], dtype=np.int64),
+            "plain": np.ones(len(batch["label"]), dtype=bool),
+            "label": np.asarray(batch["label"], dtype=np.int64),
+            "index": np.asarray(batch["index"], dtype=np.int64),
+        }
 
     def header(data: bytes, name: str) -> tuple[bytes, int, int, bool]:
         img = imagenet.open_image(data, name)
@@ -64,23 +76,9 @@ def sample_batch(
     """For `map_batches`: encoded_batch's rows with each one's TrainParams of this epoch as columns
     (jitter_order (N, 4)); the image sizes, which only the draws need, are dropped."""
     view = TrainView(image_size, crop_scale)
-    params = [
-        view.sample(seed, epoch, int(index), height=int(h), width=int(w))
-        for index, h, w in zip(rows["index"], rows["image_height"], rows["image_width"], strict=True)
-    ]
-    columns = {name: np.asarray([getattr(p, name) for p in params]) for name in PARAM_FIELDS}
-    columns["jitter_order"] = columns["jitter_order"].reshape(len(params), -1).astype(np.int64)
+    drawn = view.sample(seed, epoch, rows["index"], rows["image_height"], rows["image_width"])
     kept = {key: rows[key] for key in ("jpeg", "path", "plain", "label", "index")}
-    return {**kept, **columns}
-
-
-def params_of(batch: dict[str, np.ndarray], i: int) -> TrainParams:
-    """Row i's TrainParams, from sample_batch's columns."""
-    values = {name: batch[name][i] for name in PARAM_FIELDS}
-    values["jitter_order"] = tuple(int(v) for v in values["jitter_order"])
-    values.update({name: int(values[name]) for name in ("top", "left", "height", "width")})
-    values["flip"] = bool(values["flip"])
-    return TrainParams(**values)
+    return {**kept, **drawn}
 
 
 def decode_images(
@@ -124,7 +122,7 @@ def decode_train_batch(
     view the host path makes of the same rows, decoded and augmented on the device."""
     images = decode_images(batch, device=device, on_bad_image=on_bad_image)
     kept = [i for i, image in enumerate(images) if image is not None]
-    views = [view.apply(params_of(batch, i), images[i])[0] for i in kept]
+    views = [view.apply(TrainParams.at(batch, i), images[i])[0] for i in kept]
     labels = torch.from_numpy(np.asarray(batch["label"])[kept].astype(np.int64))
     size = view.size
     rgb = torch.stack(views) if views else torch.empty(0, 3, *size, dtype=torch.uint8, device=device)

@@ -20,6 +20,7 @@ from raymc.config import build_config
 from raymc.data import device_decode
 from raymc.data.augment import TrainView, augment_batch
 from raymc.data.demo import write_demo_imagenet
+from raymc.data.draws import TrainParams
 from raymc.data.imagenet import BadImageError, decode_batch, scan_image_folder
 from raymc.errors import ConfigError
 from raymc.train import main
@@ -59,9 +60,10 @@ def test_the_device_path_draws_the_host_paths_parameters(rows):
     view = TrainView(SIZE, SCALE)
     position = {int(index): i for i, index in enumerate(sampled["index"])}  # also holds the truncated JPEG
     assert set(host_rows["index"].tolist()) < set(position)
-    for index, image in zip(host_rows["index"], host_rows["rgb"], strict=True):
-        host = view.sample(SEED, EPOCH, int(index), height=image.shape[0], width=image.shape[1])
-        assert device_decode.params_of(sampled, position[int(index)]) == host
+    heights, widths = np.asarray([image.shape[:2] for image in host_rows["rgb"]]).T
+    host = view.sample(SEED, EPOCH, host_rows["index"], heights, widths)
+    for i, index in enumerate(host_rows["index"]):
+        assert TrainParams.at(sampled, position[int(index)]) == TrainParams.at(host, i)
 
 
 def test_the_device_paths_pixels_are_the_host_paths(rows):
