@@ -280,6 +280,7 @@ class Epoch:
     memory: MemoryPeaks
     cpu_seconds: float  # CPU time of the processes doing the arm's work (see ResourceMeter)
     consumer_cpu_seconds: float = math.nan  # of which this process's: iterating, collating (decoding, if it does)
+    system_cpu_seconds: float = 0.0  # of which Ray's system processes' (raylet, GCS, dashboard, agents)
 
     @property
     def per_second(self) -> float:
@@ -292,6 +293,10 @@ class Epoch:
     @property
     def consumer_cpu_ms_per_sample(self) -> float:
         return 1e3 * self.consumer_cpu_seconds / self.samples
+
+    @property
+    def system_cpu_ms_per_sample(self) -> float:
+        return 1e3 * self.system_cpu_seconds / self.samples
 
 
 def ray_data_epoch(
@@ -319,7 +324,8 @@ def _consume(batches: Iterable, *, count: Callable[[object], int], roles: tuple[
         for b in batches:
             samples += count(b)
     cpu = sum(meter.cpu.get(role, 0.0) for role in roles)
-    return Epoch(samples, elapsed(), meter.peaks, cpu, meter.cpu.get("main", 0.0))
+    system = meter.cpu.get("ray_system", 0.0) if "ray_system" in roles else 0.0
+    return Epoch(samples, elapsed(), meter.peaks, cpu, meter.cpu.get("main", 0.0), system)
 
 
 @dataclass
@@ -330,11 +336,23 @@ class ArmResult:
     cpu_ms_per_sample: Stats
     consumer_cpu_ms_per_sample: Stats  # this process's share of cpu_ms_per_sample
     memory: MemoryPeaks
+    system_cpu_ms_per_sample: Stats  # Ray's system processes' share of cpu_ms_per_sample
 
     @property
     def feeding_cpu_ms_per_sample(self) -> Stats:
-        """CPU ms per sample of the processes feeding this one (Ray Data's, or DataLoader workers)."""
-        return stats([t - c for t, c in zip(self.cpu_ms_per_sample.values, self.consumer_cpu_ms_per_sample.values)])
+        """CPU ms per sample of the processes doing the feeding work (Ray Data's task workers, or
+        DataLoader workers): the arm's CPU less this process's and Ray's system processes'."""
+        return stats(
+            [
+                total - consumer - system
+                for total, consumer, system in zip(
+                    self.cpu_ms_per_sample.values,
+                    self.consumer_cpu_ms_per_sample.values,
+                    self.system_cpu_ms_per_sample.values,
+                    strict=True,
+                )
+            ]
+        )
 
 
 def interleave(arms: dict[str, Callable[[int], Epoch]], reps: int) -> dict[str, ArmResult]:
@@ -357,6 +375,7 @@ def interleave(arms: dict[str, Callable[[int], Epoch]], reps: int) -> dict[str, 
             stats([r.cpu_ms_per_sample for r in runs]),
             stats([r.consumer_cpu_ms_per_sample for r in runs]),
             memory,
+            stats([r.system_cpu_ms_per_sample for r in runs]),
         )
     return results
 

@@ -11,7 +11,9 @@ Each figure is the median of --reps repetitions (min - max beside it). The last 
 ratios: nyu and imagenet_* are raymc / alternative samples per second (above 1: raymc is faster),
 overhead is raymc / plain epoch time (below 1.10 is the target), deterministic is raymc with / without
 --deterministic epoch time; decode_cpu_ms and device_decode_cpu_ms are Ray Data's CPU ms per delivered
-ImageNet image with decode on the host and with --decode-on device.
+ImageNet image with decode on the host and with --decode-on device (the Ray workers running Ray
+Data's tasks, the device figure under a consumer that keeps up; Ray's system processes are
+reported apart in the table).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from common import Row, stats
 
 BENCHES = {"nyu": nyu_ingest, "imagenet": imagenet_ingest, "overhead": train_overhead}
 # The last line: ratios, then imagenet's Ray Data CPU ms per delivered image with decode on the
-# host and with --decode-on device (Ray Data's processes only; bench/imagenet_ingest.py).
+# host and with --decode-on device (Ray Data's task workers only; bench/imagenet_ingest.py).
 RATIO_ORDER = (
     "nyu",
     "imagenet_parquet",

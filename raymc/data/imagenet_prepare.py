@@ -45,8 +45,8 @@ BAD_IMAGES_FILE = "bad_images.csv"
 SHARD_SEED = 0  # shards hold a seeded shuffle of each split, so no shard is one or two classes
 RESIZED_QUALITY = 90  # JPEG quality of images scaled down to max_side
 CONVERTED_QUALITY = 95  # JPEG quality of CMYK, grayscale, PNG, ... images stored as RGB JPEG
-# JPEG bytes stored uncompressed: snappy gains nothing on them and doubled the read's CPU
-# (measured, bench/RESULTS.md); the small columns keep pyarrow's default, snappy.
+# JPEG bytes stored uncompressed: snappy gains nothing on them (same size) and costs 15% more
+# CPU to read (bench/RESULTS.md); the small columns keep pyarrow's default, snappy.
 SHARD_COMPRESSION = {
     "image": "none",
     **dict.fromkeys(("label", "wnid", "path", "split", "index", "height", "width"), "snappy"),
