@@ -83,10 +83,16 @@ def eval_transform(image_size: int, resize: int | None) -> v2.Transform:
 
 
 def _as_tv_tensors(rgb: np.ndarray, depth: np.ndarray | None) -> tuple:
-    image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
+    image = tv_tensors.Image(torch.from_numpy(_torch_ready(rgb)).permute(2, 0, 1))
     if depth is None:
         return (image,)
-    return image, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(depth))[None])
+    return image, tv_tensors.Mask(torch.from_numpy(_torch_ready(depth))[None])
+
+
+def _torch_ready(array: np.ndarray) -> np.ndarray:
+    """`array` as torch.from_numpy takes it without a warning: contiguous and writable. Rows read
+    from Ray's object store (--cache) are read-only views, which are copied."""
+    return np.require(array, requirements=("C", "W"))
 
 
 def _stack(samples: list[tuple], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -38,6 +39,17 @@ def test_shapes_and_dtypes():
     assert out["rgb"].shape == (4, 3, 32, 32) and out["rgb"].dtype == np.uint8
     assert out["depth"].shape == (4, 1, 32, 32) and out["depth"].dtype == np.float32
     assert out["label"].dtype == np.int64
+
+
+def test_read_only_rows_augment_without_a_warning():
+    """--cache's rows come from Ray's object store as read-only arrays; torch warns on those."""
+    batch = ramp_batch()
+    for column in ("rgb", "depth"):
+        batch[column].setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = augment_batch(batch, seed=0, epoch=1, image_size=32, crop_scale=0.3)
+    assert out["rgb"].shape == (4, 3, 32, 32)
 
 
 def test_rgb_and_depth_get_the_same_crop_and_flip():
