@@ -31,13 +31,13 @@ from raymc.config import TrainConfig
 from raymc.data.spec import DataSpec
 from raymc.early_stopping import EarlyStopping
 from raymc.ema import WeightAverage
+from raymc.loss_window import Diverged, LossWindow, all_reduce
 from raymc.models import build_model, model_kwargs
 from raymc.optim import build_optimizer, build_scheduler
 from raymc.precision import Precision
 from raymc.pretrained import initialize
 from raymc.quiet import quiet_train_worker
 from raymc.step import StepContext, StepSettings, compile_model, train_step
-from raymc.steps import Diverged, LossWindow, all_reduce
 from raymc.telemetry import TrainingTelemetry
 from raymc.validation import val_metric_names, validate
 

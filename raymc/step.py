@@ -4,7 +4,7 @@ times raymc's own step, not a copy.
 
 It takes what it needs explicitly (`StepContext`), needs only torch and torchvision, and never
 waits for the device: the loss and the batch's [loss sum, correct, samples] stay device tensors
-that the loop looks at every --log-every-steps steps (raymc.steps).
+that the loop looks at every --log-every-steps steps (raymc.loss_window).
 """
 
 from __future__ import annotations

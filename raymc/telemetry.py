@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ray.util import metrics
 
-from raymc.steps import WindowSummary
+from raymc.loss_window import WindowSummary
 
 TAG_KEYS = ("run", "rank")
 
@@ -35,7 +35,7 @@ class TrainingTelemetry:
         return gauge
 
     def record_window(self, window: WindowSummary, *, lr: float) -> None:
-        """The steps since the last record (every --log-every-steps steps: raymc.steps)."""
+        """The steps since the last record (every --log-every-steps steps: raymc.loss_window)."""
         self._loss.set(window.loss)
         self._lr.set(lr)
         self._data_wait.set(window.data_wait_s)

@@ -16,9 +16,9 @@ from torch import nn
 
 from raymc.analysis import pathway_logits
 from raymc.data.spec import DataSpec, to_model_inputs
+from raymc.loss_window import all_reduce
 from raymc.metrics import batch_counts, count_keys, mean_class_accuracy
 from raymc.precision import Precision
-from raymc.steps import all_reduce
 
 
 def core_pathways(model: nn.Module) -> list[str]:

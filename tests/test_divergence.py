@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from raymc.steps import Diverged, LossWindow
+from raymc.loss_window import Diverged, LossWindow
 
 
 def test_a_step_gradscaler_skips_is_not_divergence():
