@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -97,6 +98,15 @@ def test_healthy_shards_pass_the_checks(prepared: Path) -> None:
     files = [file for split in ("train", "test") for file in pipeline.split_files(str(prepared), split)]
     shards.check_shards("nyu", files)
     assert shards.damaged_shard("nyu", files) is None
+
+
+def test_shards_written_before_page_checksums_still_read(tmp_path: Path) -> None:
+    """Folders prepared by an older raymc have no page checksums: nothing to verify, nothing refused."""
+    old = tmp_path / "train-00000.parquet"
+    pq.write_table(pa.table({"label": [0, 1], "index": [0, 1]}), old)
+    assert pq.ParquetFile(old).metadata.num_rows == 2
+    shards.check_shards("nyu", [str(old)])
+    assert shards.damaged_shard("nyu", [str(old)]) is None
 
 
 def _damaged_pages(shard: Path) -> None:
