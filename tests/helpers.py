@@ -13,8 +13,9 @@ from raymc.config import TrainConfig
 from raymc.models import build_model, model_kwargs
 
 # Ray forwards its own processes' log lines to the driver's stderr, e.g. "(pid=gcs_server) ...",
-# "(raylet) ..." or "(RayTrainWorker pid=...) ...", possibly coloured; they are Ray's output, not the CLI's.
-RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((pid=|raylet|gcs_server|\w+ pid=)")
+# "(raylet) ...", "(RayTrainWorker pid=...) ..." or "(MapWorker(MapBatches(f)) pid=...) ...", possibly
+# coloured, at any time (also from an earlier test's workers); they are Ray's output, not the CLI's.
+RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[^\n]*?\bpid=)")
 
 
 def raymc_stderr(capsys: pytest.CaptureFixture) -> str:

@@ -21,6 +21,7 @@ from raymc.resources import plan_trials
 from raymc.tune.cli import experiment_config, get_args_parser, main
 from raymc.tune.search import PruningASHAScheduler, PruningOptunaSearch
 from raymc.tune.space import check_space, load_space, sample_params, shipped_space_dir, space_names
+from tests.helpers import raymc_stderr
 
 SPACE_FILES = [shipped_space_dir() / f"{name}.py" for name in space_names(shipped_space_dir())]
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -117,7 +118,7 @@ def test_a_space_whose_values_trials_would_refuse_fails_before_any_trial(tmp_pat
 def test_cli_refuses_a_bad_space_with_exit_code_2_before_starting_ray(tmp_path, capsys):
     path = write_space(tmp_path, "from ray import tune\nSPACE = {'lr': tune.uniform(1.0, 0.5)}")
     assert main(["--space", path]) == 2
-    err = capsys.readouterr().err
+    err = raymc_stderr(capsys)
     assert err.startswith("error: ") and "'lr'" in err and path in err
 
 

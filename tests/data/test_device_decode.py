@@ -24,6 +24,7 @@ from raymc.data.draws import TrainParams
 from raymc.data.imagenet import BadImageError, decode_batch, scan_image_folder
 from raymc.errors import ConfigError
 from raymc.train import main
+from tests.helpers import raymc_stderr
 
 PIXEL_BOUND = 0  # levels of 255, measured on CPU workers (see the module docstring)
 SEED, EPOCH, SIZE, SCALE = 3, 2, 32, 0.3
@@ -119,7 +120,7 @@ def test_nyu_refuses_decode_on_device_naming_the_flag(capsys):
     with pytest.raises(ConfigError, match="--decode-on device"):
         build_config({"decode_on": "device", "data": "nyu_depth_v2_labeled.mat"})
     assert main(["--decode-on", "device"]) == 2  # no --data: the demo NYU set
-    error = capsys.readouterr().err.strip().splitlines()
+    error = raymc_stderr(capsys).strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: --decode-on device")
 
 

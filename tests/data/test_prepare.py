@@ -329,4 +329,4 @@ def test_cli_writes_a_demo_file(tmp_path: Path, capsys: pytest.CaptureFixture) -
 
 def test_cli_reports_a_bad_demo_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert prepare.main(["demo-nyu", "--out", str(tmp_path / "d.mat"), "--n", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    assert raymc_stderr(capsys).startswith("error: ")
