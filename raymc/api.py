@@ -28,10 +28,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from raymc.checkpoint import BEST_MODEL_FILE
-from raymc.config import SETTING_NAMES, TrainConfig, build_config, flag_names
+from raymc.config import SETTING_NAMES, TrainConfig, build_config
 from raymc.data.pipeline import naming_damaged_shards
 from raymc.errors import ConfigError
 from raymc.figures import predictions_figure
+from raymc.flags import flag_names
 from raymc.inference import (
     CountBatches,
     InferenceData,

@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 
 from raymc import storage
 from raymc.api import add_inference_arguments, evaluate, load_model, open_data, show_predictions
-from raymc.config import flag_names
 from raymc.errors import cli_main
 from raymc.figures import confusion_figure, pathways_figure, save_png
+from raymc.flags import flag_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:

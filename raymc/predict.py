@@ -17,9 +17,9 @@ import ray
 
 from raymc import storage
 from raymc.api import add_inference_arguments, load_model, open_data, predict
-from raymc.config import flag_names
 from raymc.data.pipeline import naming_damaged_shards
 from raymc.errors import ConfigError, cli_main
+from raymc.flags import flag_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:

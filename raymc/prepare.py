@@ -19,7 +19,6 @@ import logging
 import sys
 
 from raymc import storage
-from raymc.config import flag_names
 from raymc.data.demo import write_demo_imagenet, write_demo_nyu
 from raymc.data.imagenet import BAD_IMAGE_POLICIES
 from raymc.data.imagenet_prepare import BAD_IMAGES_FILE, prepare_imagenet
@@ -27,6 +26,7 @@ from raymc.data.nyu import DEFAULT_TEST_FRACTION, PROTOCOLS
 from raymc.data.nyu_prepare import prepare_nyu
 from raymc.data.publish import live_folder
 from raymc.errors import cli_main
+from raymc.flags import flag_names
 
 
 def get_args_parser() -> argparse.ArgumentParser:

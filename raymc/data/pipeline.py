@@ -19,7 +19,8 @@ from ray.data.expressions import col
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raymc import storage
-from raymc.config import TrainConfig, check_decode_on
+from raymc.config import TrainConfig
+from raymc.config_rules import check_decode_on
 from raymc.data import device_decode, imagenet, shards
 from raymc.data.augment import augment_batch, eval_batch, val_short_side
 from raymc.data.publish import INFO_FILE, live_folder

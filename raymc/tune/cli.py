@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from raymc.config import TrainConfig, add_config_arguments, build_config, flag_names, load_yaml
+from raymc.config import TrainConfig, add_config_arguments, build_config, load_yaml
 from raymc.errors import cli_main
+from raymc.flags import flag_names
 from raymc.seed_compat import add_seed_script_arguments
 from raymc.tune.experiment import SearchSettings, run_search
 from raymc.tune.space import DEFAULT_SPACE, SearchSpace, format_params, load_space
