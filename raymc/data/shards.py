@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import posixpath
 import re
+from collections.abc import Callable
 
 import pyarrow
 import pyarrow.dataset as pds
@@ -42,22 +43,22 @@ def check_shards(kind: str, files: list[str]) -> None:
     """Read every shard's footer on the driver, in parallel, before any Ray Data task runs: a
     damaged shard is then named here instead of failing a read task deep in training with pyarrow's
     ArrowInvalid. Costs one small read per shard (the footer) each time a dataset is built."""
-    _raise_first(kind, files, _footer_error, "not a readable Parquet shard")
+    error = _first_failing(kind, files, _footer_error, "not a readable Parquet shard")
+    if error is not None:
+        raise error
 
 
 def damaged_shard(kind: str, files: list[str]) -> DataError | None:
     """The error naming the first of `files` whose footer or pages are damaged, or None when
     every page matches its checksum: read in full, so only called once a read has failed."""
-    try:
-        _raise_first(kind, files, _page_error, "damaged Parquet shard")
-    except DataError as exc:
-        return exc
-    return None
+    return _first_failing(kind, files, _page_error, "damaged Parquet shard")
 
 
-def _raise_first(kind: str, files: list[str], error_of, what: str) -> None:
+def _first_failing(kind: str, files: list[str], error_of: Callable[..., str | None], what: str) -> DataError | None:
+    """The error naming the first of `files` that `error_of` finds fault with (all read in
+    parallel), or None when it finds none."""
     if not files:
-        return
+        return None
     filesystem, folder = storage.filesystem(posixpath.dirname(files[0]))  # the shards share one folder
     paths = [f"{folder}/{posixpath.basename(file)}" for file in files]
     with concurrent.futures.ThreadPoolExecutor(max_workers=READERS) as pool:
@@ -65,7 +66,8 @@ def _raise_first(kind: str, files: list[str], error_of, what: str) -> None:
     for file, failure in zip(files, failures, strict=True):
         if failure is not None:
             again = f"python -m raymc.prepare {kind} ... --overwrite"
-            raise DataError(f"{file}: {what} ({failure}); prepare the data again with {again}")
+            return DataError(f"{file}: {what} ({failure}); prepare the data again with {again}")
+    return None
 
 
 def _footer_error(path: str, *, filesystem: pyarrow.fs.FileSystem) -> str | None:
