@@ -18,11 +18,16 @@ from raymc.models import build_model, model_kwargs
 RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[^\n]*?\bpid=)")
 
 
-def raymc_stderr(capsys: pytest.CaptureFixture) -> str:
-    """What the code under test wrote to stderr, without the log lines Ray forwards from its
-    processes and Ray Data's progress bars (tqdm, each redrawn after a carriage return)."""
-    lines = capsys.readouterr().err.splitlines(keepends=True)
+def without_ray_lines(text: str) -> str:
+    """`text` (captured stdout or stderr) without the log lines Ray forwards from its processes and
+    Ray Data's progress bars (tqdm, each redrawn after a carriage return)."""
+    lines = text.splitlines(keepends=True)
     return "".join(line for line in lines if not RAY_FORWARDED_LINE.match(line) and not line.startswith("\r"))
+
+
+def raymc_stderr(capsys: pytest.CaptureFixture) -> str:
+    """What the code under test wrote to stderr, Ray's forwarded lines aside."""
+    return without_ray_lines(capsys.readouterr().err)
 
 
 # What --deterministic promises to reproduce in every row of history.csv.
