@@ -15,14 +15,14 @@ from raymc.models import build_model, model_kwargs
 # Ray forwards its own processes' log lines to the driver's stderr, e.g. "(pid=gcs_server) ...",
 # "(raylet) ...", "(RayTrainWorker pid=...) ..." or "(MapWorker(MapBatches(f)) pid=...) ...", possibly
 # coloured, at any time (also from an earlier test's workers); they are Ray's output, not the CLI's.
-RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[^\n]*?\bpid=)")
+_RAY_FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|gcs_server|[^\n]*?\bpid=)")
 
 
 def without_ray_lines(text: str) -> str:
     """`text` (captured stdout or stderr) without the log lines Ray forwards from its processes and
     Ray Data's progress bars (tqdm, each redrawn after a carriage return)."""
     lines = text.splitlines(keepends=True)
-    return "".join(line for line in lines if not RAY_FORWARDED_LINE.match(line) and not line.startswith("\r"))
+    return "".join(line for line in lines if not _RAY_FORWARDED_LINE.match(line) and not line.startswith("\r"))
 
 
 def raymc_stderr(capsys: pytest.CaptureFixture) -> str:

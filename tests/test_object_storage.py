@@ -26,7 +26,7 @@ from raymc.data.pipeline import DataSource, data_spec, read_dataset_info, split_
 from raymc.data.publish import GENERATION, MARKER_FILE, live_folder, run_shard_tasks
 from raymc.data.sources import resolve_data
 from raymc.errors import ConfigError, DataError
-from tests.helpers import RAY_FORWARDED_LINE
+from tests.helpers import without_ray_lines
 from tests.s3_server import TEST_SECRET_KEY, S3Server, closed_port, running_moto
 
 N, H, W = 64, 48, 64  # 8 shard tasks of one HDF5 chunk each
@@ -60,7 +60,7 @@ def _error_line(capsys: pytest.CaptureFixture) -> str:
     """The one line a failed CLI printed to stderr, Ray's forwarded log lines aside."""
     captured = capsys.readouterr()
     assert TEST_SECRET_KEY not in captured.out + captured.err
-    lines = [line for line in captured.err.splitlines() if not RAY_FORWARDED_LINE.match(line)]
+    lines = without_ray_lines(captured.err).splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
 
